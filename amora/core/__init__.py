@@ -1,0 +1,1 @@
+"""The sans-I/O core: events in, effects out. No sockets, threads, clocks or SDK imports here."""

@@ -1,0 +1,6 @@
+"""Fixtures for real services live in tests/fixtures/; each module is a pytest plugin."""
+
+pytest_plugins = [
+    "tests.fixtures.mpd_server",
+    "tests.fixtures.mosquitto",
+]
