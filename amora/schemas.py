@@ -86,6 +86,10 @@ def issues(name: str, instance: Any, pointer: str = "") -> list[SchemaIssue]:
     out: list[SchemaIssue] = []
     for error in found[:20]:
         field = _pointer(error)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            if extra:
+                field = f"{field}/{extra[0]}"
         if error.validator == "required" and isinstance(error.validator_value, list):
             missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
             if missing:
