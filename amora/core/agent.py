@@ -1,0 +1,725 @@
+"""The agent core: events in, effects out.
+
+`AgentCore.handle(event)` applies one input and returns what must be done about it;
+`AgentCore.drain()` is called when the input queue is empty and returns the coalesced publications
+(state), so a burst of inputs ends in one state message carrying the latest truth while the first
+change of a quiet period goes out at once.
+
+Every request (MQTT command or direct method) takes the same path: envelope checks, de-duplication
+by command_id, params against the command's schema, then the statechart trigger of the same name.
+A trigger the current state does not have answers `not_possible`; a failed guard answers the error
+that guard stands for; the transition's effect callbacks plan the MPD ops. Nothing is sent to MPD
+before all checks passed, so a refused command changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from transitions import MachineError
+from transitions.extensions.nesting import NestedEventData
+
+from amora import schemas
+from amora.core import effects as fx
+from amora.core.chart import Chart, build_machine, load_chart
+from amora.core.commands import PLANS, Plan, PlanError, summarize_status
+from amora.core.events import (
+    LINKS,
+    DesiredPatch,
+    Event,
+    LinkDown,
+    LinkUp,
+    MethodCall,
+    MpdResult,
+    MpdSnapshot,
+    MqttMessage,
+    OperationDone,
+    ShutdownRequested,
+    Started,
+    SyncProgress,
+    SystemSample,
+    TimerFired,
+)
+from amora.core.player import PlayerPicture
+
+HTTP_STATUS = {
+    "invalid_json": 400,
+    "invalid_command": 400,
+    "too_large": 413,
+    "stale_command": 400,
+    "invalid_params": 400,
+    "unknown_command": 404,
+    "not_possible": 409,
+    "busy": 409,
+    "not_configured": 501,
+    "mpd_refused": 502,
+    "mpd_unavailable": 503,
+    "timeout": 504,
+    "internal": 500,
+}
+
+# A guard that fails stands for one error; the first failing guard of a trigger names it.
+GUARD_ERRORS = {
+    "mpd_online": ("mpd_unavailable", "MPD is not connected"),
+    "mpd_has_song": ("not_possible", "nothing is playing"),
+    "sync_configured": ("not_configured", "content sync is not configured on this device"),
+    "reboot_allowed": ("not_possible", "reboot refused: the device came back from a requested reboot "
+                       "less than system.reboot_guard_seconds ago; send {\"force\": true} to override"),
+    "dev_mode": ("not_possible", "not in dev_mode"),
+    "iothub_configured": ("not_configured", "IoT Hub is not configured"),
+}
+
+_COMMAND_ID_RE = re.compile(rb'"command_id"\s*:\s*"((?:[^"\\]|\\.){1,128})"')
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackoffPolicy:
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
+        spread = base * self.jitter
+        return round(max(0.0, base + rng.uniform(-spread, spread)), 6)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreSettings:
+    """The part of the configuration the core acts on (no secrets, no paths it would open)."""
+
+    device_id: str
+    version: str = "0.0.0"
+    dev_mode: bool = False
+    max_payload_bytes: int = 65536
+    max_command_age: float | None = None
+    dedupe_window: int = 1000
+    backoff: dict[str, BackoffPolicy] = field(default_factory=dict)
+    iothub_configured: bool = False
+    sync_configured: bool = False
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    reboot_guard_seconds: float = 600.0
+    startup_volume: int | None = None
+    audio_backend: str = "pipewire"
+    audio_device: str = "default"
+    outbox_limit: int = 1000
+
+
+@dataclass(slots=True)
+class Request:
+    transport: fx.Transport
+    request_id: str  # the direct method's rid; "" for MQTT
+    command_id: str | None
+    command: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: str  # "command" | "state" | "startup"
+    request: Request | None
+    plan: Plan | None = None
+
+
+class _ChartModel:
+    """The statechart's model: its guards read the core, its callbacks append effects to it."""
+
+    def __init__(self, core: AgentCore) -> None:
+        self._core = core
+
+    # guards
+    def mpd_online(self, event: NestedEventData) -> bool:
+        return self._core.link_state("mpd") == "online"
+
+    def mpd_has_song(self, event: NestedEventData) -> bool:
+        return self._core.picture.playback != "stopped"
+
+    def mpd_says_playing(self, event: NestedEventData) -> bool:
+        return self._core.picture.playback == "playing"
+
+    def mpd_says_paused(self, event: NestedEventData) -> bool:
+        return self._core.picture.playback == "paused"
+
+    def mpd_says_stopped(self, event: NestedEventData) -> bool:
+        return self._core.picture.playback == "stopped"
+
+    def sync_configured(self, event: NestedEventData) -> bool:
+        return self._core.settings.sync_configured
+
+    def iothub_configured(self, event: NestedEventData) -> bool:
+        return self._core.settings.iothub_configured
+
+    def dev_mode(self, event: NestedEventData) -> bool:
+        return self._core.settings.dev_mode
+
+    def reboot_allowed(self, event: NestedEventData) -> bool:
+        return self._core.reboot_allowed(event.kwargs["request"])
+
+    # effect callbacks
+    def send_to_mpd(self, event: NestedEventData) -> None:
+        self._core.send_to_mpd(event.kwargs["request"])
+
+    def refresh_state(self, event: NestedEventData) -> None:
+        self._core.refresh_state(event.kwargs["request"])
+
+    def answer_ping(self, event: NestedEventData) -> None:
+        self._core.answer_ping(event.kwargs["request"])
+
+    def start_sync(self, event: NestedEventData) -> None:
+        self._core.start_sync(event.kwargs["request"])
+
+    def finish_sync(self, event: NestedEventData) -> None:
+        self._core.mark_dirty()
+
+    def start_reboot(self, event: NestedEventData) -> None:
+        self._core.start_reboot(event.kwargs["request"])
+
+    def report_dev_reboot(self, event: NestedEventData) -> None:
+        self._core.report_dev_reboot(event.kwargs["request"])
+
+    # link callbacks learn their link from the region the transition belongs to, so one
+    # trigger fired in several regions (shutdown) acts on each link
+    def connect_link(self, event: NestedEventData) -> None:
+        self._core.emit(fx.Connect(link=_region(event)))
+
+    def link_online(self, event: NestedEventData) -> None:
+        self._core.link_online(_region(event))
+
+    def schedule_retry(self, event: NestedEventData) -> None:
+        self._core.schedule_retry(_region(event))
+
+    def close_link(self, event: NestedEventData) -> None:
+        self._core.emit(fx.Disconnect(link=_region(event)))
+
+
+def _region(event: NestedEventData) -> str:
+    # leaf names are "<chart>_<region>_<state>"
+    assert event.transition is not None
+    return str(event.transition.source).split("_")[1]
+
+
+class AgentCore:
+    def __init__(self, settings: CoreSettings, chart: Chart | None = None) -> None:
+        self.settings = settings
+        self.chart = chart or load_chart()
+        self.model = _ChartModel(self)
+        self.machine = build_machine(self.chart, self.model)
+        self.picture = PlayerPicture()
+        self.rng = random.Random(0)
+        self.now = 0.0
+        self.boot_time = 0.0
+        self.started_at = 0.0
+        self.free_space: int | None = None
+        self.rebooted_on_request = False
+        self.last_error: str | None = None
+        self.sync_status: dict[str, Any] | None = None
+        self.seq = 0
+        self.shutting_down = False
+        self._effects: list[fx.Effect] = []
+        self._dirty = False
+        self._last_published: dict[str, Any] | None = None
+        self._attempts = dict.fromkeys(LINKS, 0)
+        self._next_id = 0
+        self._pending: dict[int, _Pending] = {}
+        self._responses: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+        self._in_flight: dict[str, list[Request]] = {}
+        self._outbox: list[fx.Respond] = []
+        self._startup_volume_applied = False
+
+    # ------------------------------------------------------------------ public API
+
+    def handle(self, event: Event) -> list[fx.Effect]:
+        self.now = event.at
+        self._effects = []
+        try:
+            self._dispatch_event(event)
+        except Exception as exc:  # no input may crash the agent; the machine is left as it was
+            self.emit(fx.Log("error", f"internal error handling {event.kind}: {type(exc).__name__}: {exc}"))
+        out, self._effects = self._effects, []
+        return out
+
+    def drain(self) -> list[fx.Effect]:
+        """Coalesced publications, once the queue is empty."""
+        self._effects = []
+        if self._dirty and self.link_state("mqtt") == "online":
+            self._publish_state(force=False)
+        self._dirty = False
+        out, self._effects = self._effects, []
+        return out
+
+    def emit(self, effect: fx.Effect) -> None:
+        self._effects.append(effect)
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    def link_state(self, link: str) -> str:
+        prefix = f"{self.chart.name}_{link}_"
+        for leaf in self._leaves():
+            if leaf.startswith(prefix):
+                return leaf[len(prefix) :]
+        return "offline"
+
+    def player_state(self) -> str:
+        return self.link_state("player")
+
+    def configuration(self) -> dict[str, str]:
+        """Region -> active state, for debugging and traces."""
+        return {region: self.link_state(region) for region in self.chart.regions}
+
+    # ------------------------------------------------------------------ events
+
+    def _leaves(self) -> list[str]:
+        state = self.model.state  # type: ignore[attr-defined]
+        return list(state) if isinstance(state, list) else [state]
+
+    def _fire(self, trigger: str, **kwargs: Any) -> bool:
+        result: bool = self.model.trigger(trigger, **kwargs)  # type: ignore[attr-defined]
+        return result
+
+    def _dispatch_event(self, event: Event) -> None:
+        match event:
+            case MqttMessage():
+                self._on_mqtt_message(event)
+            case MethodCall():
+                self._on_method_call(event)
+            case MpdSnapshot():
+                self._on_snapshot(event)
+            case MpdResult():
+                self._on_mpd_result(event)
+            case LinkUp():
+                self._on_link(f"{event.link}_up", event.link)
+            case LinkDown():
+                self._on_link_down(event)
+            case TimerFired():
+                self._on_timer(event)
+            case Started():
+                self._on_started(event)
+            case ShutdownRequested():
+                self._on_shutdown(event)
+            case SystemSample():
+                if event.free_space != self.free_space:
+                    self.free_space = event.free_space
+                    self._dirty = True
+            case OperationDone():
+                self._on_operation_done(event)
+            case SyncProgress():
+                self.sync_status = dict(event.progress)
+                self._dirty = True
+            case DesiredPatch():
+                self.emit(fx.Log("info", "desired properties are not handled yet"))
+            case _:
+                self.emit(fx.Log("warning", f"unknown event {event.kind}"))
+
+    def _on_started(self, event: Started) -> None:
+        self.boot_time = event.boot_time
+        self.started_at = event.at
+        self.rng = random.Random(event.seed)
+        self.free_space = event.free_space
+        self.rebooted_on_request = event.rebooted_on_request
+        if event.rebooted_on_request:
+            self.emit(fx.Log("info", "came back from a requested reboot"))
+        for link in LINKS:
+            self._try_fire(f"{link}_start")
+
+    def _on_shutdown(self, event: ShutdownRequested) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        if self.link_state("mqtt") == "online":
+            self.emit(fx.PublishConnection(online=False))
+        self._try_fire("shutdown")  # fires in every link region that is not offline
+        self.emit(fx.Stop())
+
+    def _try_fire(self, trigger: str, **kwargs: Any) -> bool:
+        try:
+            return self._fire(trigger, **kwargs)
+        except MachineError:
+            return False
+
+    def _on_link(self, trigger: str, link: str) -> None:
+        if not self._try_fire(trigger):
+            self.emit(fx.Log("debug", f"{trigger} ignored in {self.link_state(link)}"))
+
+    def _on_link_down(self, event: LinkDown) -> None:
+        if event.link == "mpd":
+            self._fail_pending("mpd_unavailable", f"MPD connection lost: {event.reason}")
+        moved = self._try_fire(f"{event.link}_down")
+        if moved:
+            self.emit(fx.Log("warning", f"{event.link} link down: {event.reason}"))
+
+    def _on_timer(self, event: TimerFired) -> None:
+        if event.name.startswith("retry:"):
+            link = event.name.removeprefix("retry:")
+            self._try_fire(f"{link}_retry")
+
+    # ------------------------------------------------------------------ links
+
+    def link_online(self, link: str) -> None:
+        self._attempts[link] = 0
+        self._dirty = True
+        if link == "mqtt":
+            self.emit(fx.PublishConnection(online=True))
+            self._publish_state(force=True)
+            outbox, self._outbox = self._outbox, []
+            self._effects.extend(outbox)
+        elif link == "mpd":
+            self.emit(fx.Log("info", "MPD connected"))
+            if self.settings.startup_volume is not None and not self._startup_volume_applied:
+                self._startup_volume_applied = True
+                call_id = self._new_id()
+                self._pending[call_id] = _Pending("startup", None)
+                self.emit(fx.MpdCall(call_id=call_id, ops=[["setvol", self.settings.startup_volume]]))
+
+    def schedule_retry(self, link: str) -> None:
+        self._attempts[link] += 1
+        policy = self.settings.backoff.get(link, BackoffPolicy())
+        delay = policy.delay(self._attempts[link], self.rng)
+        self._dirty = True
+        self.emit(fx.StartTimer(name=f"retry:{link}", delay=delay))
+
+    # ------------------------------------------------------------------ requests
+
+    def _on_mqtt_message(self, event: MqttMessage) -> None:
+        payload = event.payload
+        if event.retained:
+            self.emit(fx.Log("warning", "ignored a retained message on the commands topic"))
+            return
+        if len(payload) > self.settings.max_payload_bytes:
+            self._reject_raw(payload, "too_large", f"payload of {len(payload)} bytes is over the limit of "
+                             f"{self.settings.max_payload_bytes}")
+            return
+        try:
+            doc = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            self._reject_raw(payload, "invalid_json", f"payload is not UTF-8 JSON: {str(exc)[:120]}")
+            return
+        command_id = doc.get("command_id") if isinstance(doc, dict) else None
+        command = doc.get("command") if isinstance(doc, dict) else None
+        request = Request(
+            transport="mqtt",
+            request_id="",
+            command_id=command_id if isinstance(command_id, str) and command_id else None,
+            command=command if isinstance(command, str) else None,
+            at=event.at,
+        )
+        issues = schemas.issues("command", doc)
+        if issues:
+            if request.command_id is None:
+                self.emit(fx.Log("warning", f"dropped a command without a readable command_id: {issues[0]}"))
+                return
+            self._respond_error(request, "invalid_command", issues[0].message, issues[0].field)
+            return
+        age_limit = self.settings.max_command_age
+        if age_limit is not None and "timestamp" in doc and event.at - float(doc["timestamp"]) > age_limit:
+            self._respond_error(request, "stale_command", f"command is older than {age_limit} s", "/timestamp")
+            return
+        request.params = doc.get("params") or {}
+        self._run_request(request, params_pointer="/params")
+
+    def _on_method_call(self, event: MethodCall) -> None:
+        request = Request(
+            transport="method",
+            request_id=event.request_id,
+            command_id=event.request_id or None,
+            command=event.name,
+            at=event.at,
+        )
+        payload = event.payload
+        if payload is None or payload == "":
+            payload = {}
+        if not isinstance(payload, dict):
+            self._respond_error(request, "invalid_params", "the method payload must be a JSON object", "")
+            return
+        request.params = payload
+        self._run_request(request, params_pointer="")
+
+    def _reject_raw(self, payload: bytes, code: str, message: str) -> None:
+        match = _COMMAND_ID_RE.search(payload[:4096])
+        if match is None:
+            self.emit(fx.Log("warning", f"dropped a command ({code}): {message}"))
+            return
+        try:
+            command_id = json.loads(b'"' + match.group(1) + b'"')
+        except ValueError:
+            self.emit(fx.Log("warning", f"dropped a command ({code}): {message}"))
+            return
+        request = Request(transport="mqtt", request_id="", command_id=command_id, command=None, at=self.now)
+        self._respond_error(request, code, message, "")
+
+    def _run_request(self, request: Request, *, params_pointer: str) -> None:
+        key = request.command_id if request.transport == "mqtt" else None
+        if key is not None:
+            if key in self._responses:
+                status, body = self._responses[key]
+                self._deliver(request, status, body)
+                return
+            if key in self._in_flight:
+                self._in_flight[key].append(request)
+                return
+        name = request.command or ""
+        if name not in PLANS and name not in ("getState", "ping", "syncContent", "reboot"):
+            self._respond_error(request, "unknown_command", f"unknown command {name!r}", "/command"
+                                if request.transport == "mqtt" else "")
+            return
+        issues = schemas.command_params_issues(name, request.params)
+        if issues:
+            self._respond_error(request, "invalid_params", issues[0].message, params_pointer + issues[0].field)
+            return
+        if key is not None:
+            self._in_flight[key] = []
+        try:
+            moved = self._fire(name, request=request)
+        except MachineError:
+            self._respond_error(
+                request, "not_possible", f"{name} is not possible while the player is {self.player_state()}"
+            )
+            return
+        except PlanError as exc:
+            self._respond_error(request, "invalid_params", exc.message, params_pointer + exc.field)
+            return
+        if not moved:
+            code, message = self._failed_guard(name, request)
+            self._respond_error(request, code, message)
+
+    def _failed_guard(self, trigger: str, request: Request) -> tuple[str, str]:
+        player = self.player_state()
+        for t in self.chart.transitions:
+            if t.trigger != trigger or t.region != "player" or player not in t.sources:
+                continue
+            for guard in t.conditions:
+                if not getattr(self.model, guard)(_FakeEvent(request)) and guard in GUARD_ERRORS:
+                    if guard == "dev_mode":
+                        continue
+                    return GUARD_ERRORS[guard]
+        return "not_possible", f"{trigger} is not possible now"
+
+    # effect callbacks for requests
+
+    def send_to_mpd(self, request: Request) -> None:
+        assert request.command is not None
+        plan = PLANS[request.command](request.params, self.picture)
+        if plan.result is not None and not plan.ops:
+            self._respond_ok(request, plan.result)
+            return
+        call_id = self._new_id()
+        self._pending[call_id] = _Pending("command", request, plan)
+        self.emit(fx.MpdCall(call_id=call_id, ops=plan.ops))
+
+    def refresh_state(self, request: Request) -> None:
+        self._dirty = True
+        if self.link_state("mpd") != "online":
+            self._respond_ok(request, self.state_document())
+            return
+        call_id = self._new_id()
+        self._pending[call_id] = _Pending("state", request)
+        self.emit(fx.MpdCall(call_id=call_id, ops=[["snapshot"]]))
+
+    def answer_ping(self, request: Request) -> None:
+        self._respond_ok(request, {"pong": True, "version": self.settings.version, "time": self.now})
+
+    def start_sync(self, request: Request) -> None:
+        op_id = self._new_id()
+        self.sync_status = {"phase": "starting", "op_id": op_id}
+        self._dirty = True
+        self._respond_ok(request, {"accepted": True, "op_id": op_id})
+        self.emit(fx.StartOperation(op_id=op_id, operation="sync", args={"force": request.params.get("force", False)}))
+
+    def reboot_allowed(self, request: Request) -> bool:
+        if request.params.get("force"):
+            return True
+        uptime = self.now - self.boot_time
+        return not (self.rebooted_on_request and uptime < self.settings.reboot_guard_seconds)
+
+    def start_reboot(self, request: Request) -> None:
+        self._respond_ok(request, {"rebooting": True})
+        self._publish_state(force=True)
+        self.emit(
+            fx.StartOperation(
+                op_id=self._new_id(),
+                operation="reboot",
+                args={"command": list(self.settings.reboot_command), "command_id": request.command_id},
+            )
+        )
+
+    def report_dev_reboot(self, request: Request) -> None:
+        self.emit(fx.Log("warning", "reboot requested; dev_mode is on, so the device is not rebooted"))
+        self._respond_ok(request, {"rebooting": False, "dev_mode": True})
+
+    # ------------------------------------------------------------------ MPD
+
+    def _on_snapshot(self, event: MpdSnapshot) -> None:
+        picture = self.picture
+        if event.status is not None:
+            picture.apply_status(event.status, event.at)
+        if event.song is not None:
+            picture.apply_song(event.song)
+        if event.outputs is not None:
+            picture.apply_outputs(event.outputs)
+        if event.playlists is not None:
+            picture.apply_playlists(event.playlists)
+        self._dirty = True
+        if picture.playback != self.player_state():
+            self._try_fire("mpd_state")
+
+    def _on_mpd_result(self, event: MpdResult) -> None:
+        pending = self._pending.pop(event.call_id, None)
+        if pending is None:
+            return  # answered already (the link dropped before the result came)
+        if pending.kind == "startup":
+            if not event.ok:
+                self.emit(fx.Log("warning", f"could not set the startup volume: {event.error}"))
+            return
+        request = pending.request
+        assert request is not None
+        if not event.ok:
+            if event.connection_lost:
+                self._respond_error(request, "mpd_unavailable", f"MPD connection lost: {event.error}")
+            else:
+                self._respond_error(request, "mpd_refused", f"MPD refused: {event.error}")
+            return
+        if pending.kind == "state":
+            self._respond_ok(request, self.state_document())
+            return
+        plan = pending.plan
+        if plan is not None:
+            for key, value in plan.remember.items():
+                setattr(self.picture, key, value)
+            if "loaded_playlist" in plan.remember and event.results:
+                status = event.results[-1]
+                if isinstance(status, dict) and str(status.get("playlist", "")).isdigit():
+                    self.picture.loaded_version = int(status["playlist"])
+            if plan.remember:
+                self._dirty = True
+        self._respond_ok(request, summarize_status(event.results[-1] if event.results else None))
+
+    def _fail_pending(self, code: str, message: str) -> None:
+        pending, self._pending = self._pending, {}
+        for item in pending.values():
+            if item.request is not None:
+                self._respond_error(item.request, code, message)
+
+    # ------------------------------------------------------------------ operations
+
+    def _on_operation_done(self, event: OperationDone) -> None:
+        if self.player_state() == "rebooting":
+            if not event.ok:
+                self.last_error = f"reboot failed: {event.error}"
+                self.emit(fx.Log("error", self.last_error))
+                self._try_fire("reboot_finished")
+                self._dirty = True
+            return
+        if self.player_state() == "syncing":
+            self.sync_status = {"phase": "done", "ok": event.ok, "error": event.error or None,
+                                "result": event.result}
+            self._try_fire("sync_finished")
+            self._dirty = True
+
+    # ------------------------------------------------------------------ responses
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _respond_ok(self, request: Request, result: Any) -> None:
+        self._finish(request, 200, self._body(request, "ok", result, None))
+
+    def _respond_error(self, request: Request, code: str, message: str, field: str | None = None) -> None:
+        error: dict[str, Any] = {"code": code, "message": message, "http_status": HTTP_STATUS[code]}
+        if field is not None and field != "":
+            error["field"] = field
+        elif field == "" and code in ("invalid_params", "invalid_command"):
+            error["field"] = ""
+        self._finish(request, HTTP_STATUS[code], self._body(request, "error", None, error))
+
+    def _body(self, request: Request, status: str, result: Any, error: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "command_id": request.command_id,
+            "command": request.command,
+            "status": status,
+            "result": result,
+            "error": error,
+            "device_id": self.settings.device_id,
+            "timestamp": self.now,
+        }
+
+    def _finish(self, request: Request, status: int, body: dict[str, Any]) -> None:
+        self._deliver(request, status, body)
+        key = request.command_id if request.transport == "mqtt" else None
+        if key is None:
+            return
+        for waiter in self._in_flight.pop(key, []):
+            self._deliver(waiter, status, body)
+        self._responses[key] = (status, body)
+        while len(self._responses) > self.settings.dedupe_window:
+            self._responses.popitem(last=False)
+
+    def _deliver(self, request: Request, status: int, body: dict[str, Any]) -> None:
+        effect = fx.Respond(transport=request.transport, request_id=request.request_id, status=status, body=body)
+        if request.transport == "mqtt" and self.link_state("mqtt") != "online":
+            # kept until the broker is back: an accepted command's answer is never dropped
+            self._outbox.append(effect)
+            del self._outbox[: -self.settings.outbox_limit]
+            return
+        self.emit(effect)
+
+    # ------------------------------------------------------------------ state
+
+    def state_document(self) -> dict[str, Any]:
+        picture = self.picture
+        enabled = [o.name for o in picture.outputs if o.enabled]
+        return {
+            "device_id": self.settings.device_id,
+            "seq": self.seq,
+            "timestamp": self.now,
+            "player": self.player_state(),
+            "playback": picture.playback_json(),
+            "volume": picture.volume,
+            "muted": picture.muted,
+            "playlist": picture.loaded_playlist,
+            "options": picture.options_json(),
+            "outputs": [o.to_json() for o in picture.outputs],
+            "audio": {
+                "backend": self.settings.audio_backend,
+                "device": enabled[0] if len(enabled) == 1 else (", ".join(enabled) or self.settings.audio_device),
+            },
+            "system": {
+                "version": self.settings.version,
+                "uptime": max(0, int(self.now - self.boot_time)) if self.boot_time else None,
+                "agent_uptime": max(0, int(self.now - self.started_at)) if self.started_at else None,
+                "free_space": self.free_space,
+                "rebooted_on_request": self.rebooted_on_request,
+            },
+            "links": {link: self.link_state(link) for link in LINKS},
+            "sync": self.sync_status,
+            "last_error": self.last_error,
+        }
+
+    def _publish_state(self, *, force: bool) -> None:
+        doc = self.state_document()
+        comparable = _comparable(doc)
+        if not force and comparable == self._last_published:
+            return
+        self.seq += 1
+        doc["seq"] = self.seq
+        self._last_published = comparable
+        self.emit(fx.PublishState(state=doc))
+
+
+def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
+    system = {k: v for k, v in doc["system"].items() if k not in ("uptime", "agent_uptime")}
+    return {**doc, "seq": None, "timestamp": None, "system": system}
+
+
+class _FakeEvent:
+    """Lets the core ask a guard its opinion outside a transition (to name the failed guard)."""
+
+    def __init__(self, request: Request) -> None:
+        self.kwargs = {"request": request}
