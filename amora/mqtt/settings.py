@@ -1,0 +1,114 @@
+"""Broker connection settings and the broker URL syntax.
+
+`password` is kept out of `repr()` so settings can be logged; nothing in this package formats it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Will:
+    """The Last Will the broker publishes when the connection dies without a DISCONNECT."""
+
+    topic: str
+    payload: bytes | str = b""
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttSettings:
+    host: str = "localhost"
+    port: int = DEFAULT_PORT
+    tls: bool = False
+    ca_file: str | None = None  # None with tls: the system's trusted CAs
+    cert_file: str | None = None  # client certificate (mutual TLS)
+    key_file: str | None = None
+    tls_insecure: bool = False  # skip certificate and host name checks: tests and emergencies only
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str = ""  # "" lets the broker pick one (needs clean_session)
+    keepalive: int = 30
+    clean_session: bool = True
+    will: Will | None = None
+    connect_timeout: float = 10.0  # TCP + TLS + CONNACK
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("broker host is empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"broker port {self.port} out of range")
+        if not self.client_id and not self.clean_session:
+            raise ValueError("a persistent session (clean_session=False) needs a client_id")
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file given without cert_file")
+        if self.keepalive < 0:
+            raise ValueError("keepalive must be >= 0")
+
+    def replace(self, **changes: object) -> MqttSettings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def address(self) -> str:
+        """`host:port` for messages (never carries credentials)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, port: int | None = None, tls: bool | None = None, **kw: object
+    ) -> MqttSettings:
+        """Settings from a host name or `mqtt(s)://host[:port]`; an explicit `port`/`tls` wins over a
+        default but a port written in the URL wins over `port`."""
+        host, url_port, url_tls = parse_broker_url(url)
+        use_tls = url_tls if tls is None else (tls or url_tls)
+        chosen = url_port or port or (DEFAULT_TLS_PORT if use_tls else DEFAULT_PORT)
+        return cls(host=host, port=chosen, tls=use_tls, **kw)  # type: ignore[arg-type]
+
+
+def parse_broker_url(url: str) -> tuple[str, int | None, bool]:
+    """`"host"`, `"host:port"`, `"mqtt://host[:port]"` or `"mqtts://host[:port]"` (also `tcp://`,
+    `ssl://`, `tls://`) -> (host, port or None, tls). IPv6 literals go in brackets.
+
+    Raises ValueError for other schemes, paths, or credentials in the URL (they belong in the
+    username/password settings, where they are kept out of logs).
+    """
+    text = url.strip()
+    if not text:
+        raise ValueError("broker URL is empty")
+    if "://" not in text:
+        text = f"mqtt://{text}"
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme in ("mqtt", "tcp"):
+        tls = False
+    elif scheme in ("mqtts", "ssl", "tls"):
+        tls = True
+    else:
+        raise ValueError(f"unsupported broker URL scheme {scheme!r} (use mqtt:// or mqtts://)")
+    if "@" in parts.netloc:
+        raise ValueError("put broker credentials in username/password, not in the broker URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("a broker URL has no path or query: use mqtt://host[:port]")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in broker URL: {exc}") from None
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError("broker URL has no host")
+    if ":" in host:
+        ipaddress.IPv6Address(host)  # raises ValueError for garbage
+    if port == 0:
+        raise ValueError("broker port 0 is not valid")
+    return host, port, tls
