@@ -68,8 +68,11 @@ GUARD_ERRORS = {
     "mpd_online": ("mpd_unavailable", "MPD is not connected"),
     "mpd_has_song": ("not_possible", "nothing is playing"),
     "sync_configured": ("not_configured", "content sync is not configured on this device"),
-    "reboot_allowed": ("not_possible", "reboot refused: the device came back from a requested reboot "
-                       "less than system.reboot_guard_seconds ago; send {\"force\": true} to override"),
+    "reboot_allowed": (
+        "not_possible",
+        "reboot refused: the device came back from a requested reboot "
+        'less than system.reboot_guard_seconds ago; send {"force": true} to override',
+    ),
     "dev_mode": ("not_possible", "not in dev_mode"),
     "iothub_configured": ("not_configured", "IoT Hub is not configured"),
 }
@@ -225,7 +228,7 @@ class AgentCore:
         self._effects: list[fx.Effect] = []
         self._dirty = False
         self._last_published: dict[str, Any] | None = None
-        self._attempts = dict.fromkeys(LINKS, 0)
+        self._attempts: dict[str, int] = dict.fromkeys(LINKS, 0)
         self._next_id = 0
         self._pending: dict[int, _Pending] = {}
         self._responses: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
@@ -305,7 +308,7 @@ class AgentCore:
             case ShutdownRequested():
                 self._on_shutdown(event)
             case SystemSample():
-                if event.free_space != self.free_space:
+                if _mib(event.free_space) != _mib(self.free_space):
                     self.free_space = event.free_space
                     self._dirty = True
             case OperationDone():
@@ -393,8 +396,11 @@ class AgentCore:
             self.emit(fx.Log("warning", "ignored a retained message on the commands topic"))
             return
         if len(payload) > self.settings.max_payload_bytes:
-            self._reject_raw(payload, "too_large", f"payload of {len(payload)} bytes is over the limit of "
-                             f"{self.settings.max_payload_bytes}")
+            self._reject_raw(
+                payload,
+                "too_large",
+                f"payload of {len(payload)} bytes is over the limit of {self.settings.max_payload_bytes}",
+            )
             return
         try:
             doc = json.loads(payload.decode("utf-8"))
@@ -419,7 +425,9 @@ class AgentCore:
             return
         age_limit = self.settings.max_command_age
         if age_limit is not None and "timestamp" in doc and event.at - float(doc["timestamp"]) > age_limit:
-            self._respond_error(request, "stale_command", f"command is older than {age_limit} s", "/timestamp")
+            self._respond_error(
+                request, "stale_command", f"command is older than {age_limit} s", "/timestamp"
+            )
             return
         request.params = doc.get("params") or {}
         self._run_request(request, params_pointer="/params")
@@ -466,12 +474,18 @@ class AgentCore:
                 return
         name = request.command or ""
         if name not in PLANS and name not in ("getState", "ping", "syncContent", "reboot"):
-            self._respond_error(request, "unknown_command", f"unknown command {name!r}", "/command"
-                                if request.transport == "mqtt" else "")
+            self._respond_error(
+                request,
+                "unknown_command",
+                f"unknown command {name!r}",
+                "/command" if request.transport == "mqtt" else "",
+            )
             return
         issues = schemas.command_params_issues(name, request.params)
         if issues:
-            self._respond_error(request, "invalid_params", issues[0].message, params_pointer + issues[0].field)
+            self._respond_error(
+                request, "invalid_params", issues[0].message, params_pointer + issues[0].field
+            )
             return
         if key is not None:
             self._in_flight[key] = []
@@ -530,7 +544,11 @@ class AgentCore:
         self.sync_status = {"phase": "starting", "op_id": op_id}
         self._dirty = True
         self._respond_ok(request, {"accepted": True, "op_id": op_id})
-        self.emit(fx.StartOperation(op_id=op_id, operation="sync", args={"force": request.params.get("force", False)}))
+        self.emit(
+            fx.StartOperation(
+                op_id=op_id, operation="sync", args={"force": request.params.get("force", False)}
+            )
+        )
 
     def reboot_allowed(self, request: Request) -> bool:
         if request.params.get("force"):
@@ -617,8 +635,12 @@ class AgentCore:
                 self._dirty = True
             return
         if self.player_state() == "syncing":
-            self.sync_status = {"phase": "done", "ok": event.ok, "error": event.error or None,
-                                "result": event.result}
+            self.sync_status = {
+                "phase": "done",
+                "ok": event.ok,
+                "error": event.error or None,
+                "result": event.result,
+            }
             self._try_fire("sync_finished")
             self._dirty = True
 
@@ -639,7 +661,9 @@ class AgentCore:
             error["field"] = ""
         self._finish(request, HTTP_STATUS[code], self._body(request, "error", None, error))
 
-    def _body(self, request: Request, status: str, result: Any, error: dict[str, Any] | None) -> dict[str, Any]:
+    def _body(
+        self, request: Request, status: str, result: Any, error: dict[str, Any] | None
+    ) -> dict[str, Any]:
         return {
             "command_id": request.command_id,
             "command": request.command,
@@ -662,7 +686,9 @@ class AgentCore:
             self._responses.popitem(last=False)
 
     def _deliver(self, request: Request, status: int, body: dict[str, Any]) -> None:
-        effect = fx.Respond(transport=request.transport, request_id=request.request_id, status=status, body=body)
+        effect = fx.Respond(
+            transport=request.transport, request_id=request.request_id, status=status, body=body
+        )
         if request.transport == "mqtt" and self.link_state("mqtt") != "online":
             # kept until the broker is back: an accepted command's answer is never dropped
             self._outbox.append(effect)
@@ -688,13 +714,15 @@ class AgentCore:
             "outputs": [o.to_json() for o in picture.outputs],
             "audio": {
                 "backend": self.settings.audio_backend,
-                "device": enabled[0] if len(enabled) == 1 else (", ".join(enabled) or self.settings.audio_device),
+                "device": enabled[0]
+                if len(enabled) == 1
+                else (", ".join(enabled) or self.settings.audio_device),
             },
             "system": {
                 "version": self.settings.version,
                 "uptime": max(0, int(self.now - self.boot_time)) if self.boot_time else None,
                 "agent_uptime": max(0, int(self.now - self.started_at)) if self.started_at else None,
-                "free_space": self.free_space,
+                "free_space": None if self.free_space is None else self.free_space // 2**20,
                 "rebooted_on_request": self.rebooted_on_request,
             },
             "links": {link: self.link_state(link) for link in LINKS},
@@ -713,9 +741,15 @@ class AgentCore:
         self.emit(fx.PublishState(state=doc))
 
 
+def _mib(value: int | None) -> int | None:
+    return None if value is None else value // 2**20
+
+
 def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
     system = {k: v for k, v in doc["system"].items() if k not in ("uptime", "agent_uptime")}
-    return {**doc, "seq": None, "timestamp": None, "system": system}
+    # a new sample time alone is no news: while playing, the position changes with it anyway
+    playback = {k: v for k, v in doc["playback"].items() if k != "sampled_at"}
+    return {**doc, "seq": None, "timestamp": None, "system": system, "playback": playback}
 
 
 class _FakeEvent:
