@@ -28,7 +28,7 @@ def _cell(text: str) -> str:
 
 def _type(schema: dict[str, Any]) -> str:
     if "enum" in schema:
-        return " \\| ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
+        return " | ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
     kind = schema.get("type", "any")
     kinds = kind if isinstance(kind, list) else [kind]
     out = []
