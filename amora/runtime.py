@@ -89,7 +89,8 @@ class Runtime:
         self.operations: dict[str, Operation] = {}
         self.recorder: Callable[[Event], None] | None = None
         self.on_effects: Callable[[list[fx.Effect]], None] | None = None  # observers (status line)
-        self.last_alive = time.monotonic()
+        # the watchdog's proof that the consumer turns
+        self.on_alive: Callable[[], None] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: list[asyncio.Task[Any]] = []
@@ -141,12 +142,12 @@ class Runtime:
         try:
             while not self._stopped.is_set():
                 item = await self.queue.get()
-                self.last_alive = time.monotonic()
-                if item is _ALIVE:
-                    continue
-                self._apply(item)
-                if self.queue.empty() and not self._stopped.is_set():
-                    self._execute(self.core.drain())
+                if item is not _ALIVE:
+                    self._apply(item)
+                    if self.queue.empty() and not self._stopped.is_set():
+                        self._execute(self.core.drain())
+                if self.on_alive is not None:
+                    self.on_alive()
             await self._finish_closing()
         finally:
             sampler.cancel()

@@ -1,0 +1,199 @@
+"""`amora-agent`: load the configuration, wire adapters to the core, run until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from amora import __version__
+from amora.config import Config, ConfigError, config_permission_warning, load_config, redacted, secret_values
+from amora.core.agent import AgentCore, BackoffPolicy, CoreSettings
+from amora.core.events import Event, event_to_json
+from amora.runtime import Runtime, RuntimeOptions
+
+log = logging.getLogger("amora.agent")
+
+EXIT_CONFIG = 2
+
+
+def core_settings(config: Config) -> CoreSettings:
+    def policy(backoff: Any) -> BackoffPolicy:
+        return BackoffPolicy(
+            initial_delay=backoff.initial_delay,
+            max_delay=backoff.max_delay,
+            multiplier=backoff.multiplier,
+            jitter=backoff.jitter,
+        )
+
+    backoff = {"mqtt": policy(config.broker.backoff), "mpd": policy(config.mpd.backoff)}
+    if config.iot is not None:
+        backoff["iothub"] = policy(config.iot.backoff)
+    return CoreSettings(
+        device_id=config.broker.device_id,
+        version=__version__,
+        dev_mode=config.dev_mode,
+        max_payload_bytes=config.broker.max_payload_bytes,
+        max_command_age=config.broker.max_command_age,
+        dedupe_window=config.broker.dedupe_window,
+        backoff=backoff,
+        iothub_configured=False,  # the IoT Hub adapter arrives with its own issue
+        sync_configured=False,
+        reboot_command=tuple(config.system.reboot_command),
+        reboot_guard_seconds=config.system.reboot_guard_seconds,
+        startup_volume=config.audio.volume,
+        audio_backend=config.audio.backend,
+        audio_device=config.audio.device,
+    )
+
+
+class TraceRecorder:
+    """Writes every input as one JSON line (schemas/trace.schema.json), flushed per line so a crash
+    loses nothing. Secret values are replaced before writing."""
+
+    def __init__(self, path: Path, secrets: Sequence[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._secrets = [s for s in secrets if s]
+
+    def __call__(self, event: Event) -> None:
+        line = json.dumps(event_to_json(event), separators=(",", ":"), ensure_ascii=False)
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def run_agent(config: Config, *, record: Path | None = None) -> int:
+    from amora import reboot, systemd
+    from amora.adapters.mpd import MpdLink, MpdSettings
+    from amora.adapters.mqtt import MqttLink
+    from amora.mqtt.settings import MqttSettings
+
+    state_dir = config.system.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("state directory %s is not usable: %s", state_dir, exc)
+    came_back = reboot.take_marker(state_dir)
+    if came_back.note:
+        log.info("reboot marker: %s", came_back.note)
+
+    core = AgentCore(core_settings(config))
+    runtime = Runtime(
+        core,
+        options=RuntimeOptions(
+            free_space_path=config.content.free_space_path,
+            free_space_interval=config.system.free_space_interval,
+            boot_time=reboot.boot_time(),
+            rebooted_on_request=came_back.came_back_from_requested_reboot,
+            version=__version__,
+        ),
+    )
+    broker = config.broker
+    # a stable client id and a persistent session: commands sent while the agent is briefly away
+    # are queued by the broker (QoS 1) and delivered on reconnect
+    mqtt_settings = MqttSettings.from_broker_config(broker, clean_session=False)
+    runtime.attach(
+        "mqtt",
+        MqttLink(
+            mqtt_settings, device_id=broker.device_id, topic_prefix=broker.topic_prefix, emit=runtime.emit
+        ),
+    )
+    mpd_settings = MpdSettings(
+        host=config.mpd.host, port=config.mpd.port, password=config.mpd.password, timeout=config.mpd.timeout
+    )
+    runtime.attach("mpd", MpdLink(mpd_settings, emit=runtime.emit))
+
+    async def do_reboot(args: dict[str, Any]) -> tuple[bool, Any, str]:
+        mqtt = runtime.mqtt
+        if mqtt is not None:
+            # the response and the `rebooting` state must be with the broker before the reboot
+            await mqtt.flush(5.0)
+        if not config.dev_mode:
+            try:
+                reboot.write_marker(state_dir, str(args.get("command_id") or ""))
+            except OSError as exc:
+                log.warning("could not write the reboot marker: %s", exc)
+        ok, message = await reboot.run_reboot_command(args["command"], config.dev_mode)
+        if not ok:
+            reboot.clear_marker(state_dir)
+        return ok, None, "" if ok else message
+
+    runtime.operations["reboot"] = do_reboot
+
+    recorder: TraceRecorder | None = None
+    record_path = record or config.logging.record
+    if record_path is not None:
+        recorder = TraceRecorder(record_path, secret_values(config))
+        runtime.recorder = recorder
+
+    notifier = systemd.Notifier.from_env()
+    # the consumer beats after every event it processed, including the probes the heartbeat sends
+    liveness = systemd.liveness_for(notifier)
+    runtime.on_alive = liveness.beat
+
+    def on_effects(_: Any) -> None:
+        notifier.status(systemd.format_link_status(core.configuration(), state=core.player_state()))
+
+    runtime.on_effects = on_effects
+
+    hb = asyncio.ensure_future(systemd.watchdog_heartbeat(notifier, liveness.is_alive, probe=runtime.poke))
+    notifier.ready(f"amora-agent {__version__} starting")
+    try:
+        await runtime.run()
+    finally:
+        notifier.stopping("stopping")
+        hb.cancel()
+        if recorder is not None:
+            recorder.close()
+        notifier.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="amora-agent", description="AmoraOS device agent")
+    parser.add_argument("--config", required=True, type=Path, help="path to config.json")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate, print the effective config (secrets redacted) and exit: 0 valid, 2 invalid",
+    )
+    parser.add_argument("--record", type=Path, help="record every input to this JSON Lines trace")
+    parser.add_argument("--version", action="version", version=f"amora-agent {__version__}")
+    args = parser.parse_args(argv)
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"amora-agent: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    warning = config_permission_warning(args.config, config)
+    if args.check_config:
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(json.dumps(redacted(config), indent=2, sort_keys=True))
+        return 0
+
+    from amora.logs import setup_logging
+
+    setup_logging(config.logging.level.upper(), config.logging.format, secret_values(config))  # type: ignore[arg-type]
+    # transitions narrates every callback at INFO; the agent logs what matters itself
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    if warning:
+        log.warning("%s", warning)
+    log.info("amora-agent %s starting for device %s", __version__, config.broker.device_id)
+    return asyncio.run(run_agent(config, record=args.record))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
