@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tools.iothub_standin import LocalHub
+from tools.stack.proc import spawn, stop
 
 pytest_plugins = ["tests.fixtures.iothub"]
 pytestmark = pytest.mark.services
@@ -236,3 +239,131 @@ def test_twin_survives_service_restart(tmp_path: Any) -> None:
         hub.update_desired({"a": 1})
     with LocalHub(tmp_path / "hub") as hub:
         assert hub.twin()["desired"] == {"a": 1, "$version": 2}
+
+
+async def cli(state_dir: Any, *args: str, timeout: float = 20) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tools.iothub_standin",
+        *args,
+        "--state-dir",
+        str(state_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_cli_drives_a_served_hub(tmp_path: Any) -> None:
+    from azure.iot.device import Message, ProxyOptions
+    from azure.iot.device.aio import IoTHubDeviceClient
+
+    state = tmp_path / "hub"
+    server = spawn(
+        [sys.executable, "-m", "tools.iothub_standin", "serve", "--state-dir", str(state)],
+        log=tmp_path / "serve.log",
+    )
+    try:
+        await until(lambda: (state / "standin.json").exists() or server.poll() is not None, what="serve")
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()
+        info = json.loads((state / "standin.json").read_text())
+        rc, conn_str = await cli(state, "connection-string")
+        assert rc == 0
+        client = IoTHubDeviceClient.create_from_connection_string(
+            conn_str.strip(),
+            server_verification_cert=Path(info["ca_path"]).read_text(),
+            proxy_options=ProxyOptions("HTTP", info["proxy"]["host"], info["proxy"]["port"]),
+        )
+        await asyncio.wait_for(client.connect(), 10)
+        try:
+            client.on_method_request_received = method_responder(client)
+            await asyncio.wait_for(client.get_twin(), 5)
+            rc, out = await cli(
+                state, "invoke-device-method", "--method-name", "setVolume", "--method-payload", '{"v": 1}'
+            )
+            assert (rc, json.loads(out)) == (
+                0,
+                {"status": 200, "payload": {"method": "setVolume", "echo": {"v": 1}}},
+            )
+
+            rc, out = await cli(state, "update-desired", "--set", '{"audio": {"volume": 70}}')
+            assert (rc, json.loads(out)) == (0, {"version": 2})
+            await asyncio.wait_for(client.patch_twin_reported_properties({"volume": 70}), 5)
+            rc, out = await cli(state, "show-twin")
+            assert json.loads(out) == {
+                "desired": {"audio": {"volume": 70}, "$version": 2},
+                "reported": {"volume": 70, "$version": 2},
+            }
+
+            await asyncio.wait_for(
+                client.send_message(Message('{"n": 1}', content_type="application/json")), 5
+            )
+            rc, out = await cli(state, "monitor-events", "--from-start", "--count", "1", "--timeout", "10")
+            event = json.loads(out.strip().splitlines()[-1])
+            assert (rc, event["body"], event["system_properties"]["content_type"]) == (
+                0,
+                '{"n": 1}',
+                "application/json",
+            )
+
+            rc, out = await cli(state, "network", "cut")
+            assert (rc, json.loads(out)) == (0, {"network": "cut"})
+            await until(lambda: not client.connected, what="disconnect")
+            rc, out = await cli(state, "invoke-device-method", "--method-name", "play", "--timeout", "1")
+            assert rc == 1 and json.loads(out)["status"] == 404
+            await cli(state, "network", "restore")
+        finally:
+            await client.shutdown()
+    finally:
+        stop(server)
+    assert server.returncode == 0
+    assert not (state / "control.sock").exists()
+    rc, out = await cli(state, "show-twin")
+    assert rc == 1 and "no stand-in running" in out
+
+
+def test_bench_floor_smoke(local_hub: LocalHub) -> None:
+    from tools.bench.iothub_floor import measure
+
+    for via_proxy in (False, True):
+        result = measure(local_hub, count=20, warmup=2, via_proxy=via_proxy)
+        assert 0 < result.p50_ms <= result.p99_ms <= result.max_ms < 1000
+
+
+def test_reset_clears_state_and_faults(local_hub: LocalHub) -> None:
+    local_hub.update_desired({"a": 1})
+    local_hub.cut()
+    local_hub.reject_credentials()
+    local_hub.reset()
+    assert local_hub.twin() == {"desired": {"$version": 1}, "reported": {"$version": 1}}
+    assert local_hub.network_mode.value == "normal"
+    assert local_hub.broker is not None and not local_hub.broker.reject_devices
+    assert local_hub.telemetry() == []
+
+
+def test_property_bag_and_merge_patch() -> None:
+    from tools.iothub_standin.hub import parse_property_bag
+    from tools.iothub_standin.twin import TwinError, merge_patch, validate_patch
+
+    system, custom = parse_property_bag(
+        "%24.mid=m1&%24.ct=application%2Fjson&%24.ce=utf-8&a%2Bb=c%20d+e&flag="
+    )
+    assert system == {"message_id": "m1", "content_type": "application/json", "content_encoding": "utf-8"}
+    assert custom == {"a+b": "c d+e", "flag": ""}
+
+    doc: dict[str, Any] = {"a": {"b": 1, "c": 2}, "d": [1]}
+    merge_patch(doc, {"a": {"b": None, "e": {"f": 3}}, "d": None, "g": [2]})
+    assert doc == {"a": {"c": 2, "e": {"f": 3}}, "g": [2]}
+    for bad in ({"a.b": 1}, {"$x": 1}, {"a b": 1}, [1], {"x": {"$version": 1}}):
+        with pytest.raises(TwinError):
+            validate_patch(bad)
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(11):
+        node["k"] = {}
+        node = node["k"]
+    with pytest.raises(TwinError):
+        validate_patch(deep)

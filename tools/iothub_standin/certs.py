@@ -103,3 +103,22 @@ def generate(directory: Path, host_names: list[str], *, days: int = 30) -> CertF
         ),
     )
     return files
+
+
+def existing(directory: Path, host_name: str, *, min_days_left: float = 1.0) -> CertFiles | None:
+    """The certificates already in `directory` if they still fit `host_name`, so that a developer's
+    stack keeps trusting the same CA across restarts of the stand-in."""
+    files = CertFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    if not all(p.exists() for p in (files.ca_cert, files.server_cert, files.server_key)):
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    if host_name not in san.get_values_for_type(x509.DNSName) or left < datetime.timedelta(
+        days=min_days_left
+    ):
+        return None
+    return files

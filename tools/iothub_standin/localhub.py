@@ -43,6 +43,8 @@ class LocalHub:
         host_name: str = DEFAULT_HOST_NAME,
         device_id: str = DEFAULT_DEVICE_ID,
         proxy_port: int = 0,
+        device_key: str | None = None,
+        reuse_certs: bool = False,
     ) -> None:
         self._own_dir = state_dir is None
         self.state_dir = (
@@ -51,7 +53,8 @@ class LocalHub:
         self.host_name = host_name
         self.device_id = device_id
         # Any well-formed key works: mosquitto cannot check SAS tokens.
-        self._device_key = base64.b64encode(os.urandom(32)).decode()
+        self._device_key = device_key or base64.b64encode(os.urandom(32)).decode()
+        self._reuse_certs = reuse_certs
         self._service_password = secrets.token_urlsafe(24)
         self._proxy_port = proxy_port
         self.ca_path = self.state_dir / "tls" / "ca.pem"
@@ -65,7 +68,9 @@ class LocalHub:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         try:
-            files = certs.generate(self.state_dir / "tls", [self.host_name])
+            tls_dir = self.state_dir / "tls"
+            reused = certs.existing(tls_dir, self.host_name) if self._reuse_certs else None
+            files = reused or certs.generate(tls_dir, [self.host_name])
             assert files.ca_cert == self.ca_path
             self.broker = Mosquitto(
                 self.state_dir / "broker",
