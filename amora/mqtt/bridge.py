@@ -246,6 +246,7 @@ class MqttBridge:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
@@ -325,6 +326,22 @@ class MqttBridge:
         if refused:
             raise SubscribeFailed(f"broker refused subscription to {', '.join(refused)} (not authorised?)")
         return granted
+
+    async def unsubscribe(self, topics: str | Sequence[str], timeout: float = 10.0) -> None:
+        client = self._require_client()
+        wanted = [topics] if isinstance(topics, str) else list(topics)
+        rc, mid = client.unsubscribe(wanted)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise NotConnected(f"cannot unsubscribe: {paho.error_string(rc)}")
+        assert self._loop is not None
+        fut: asyncio.Future[list[int]] = self._loop.create_future()
+        self._subacks[mid] = fut
+        self._write_now(client)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        finally:
+            self._subacks.pop(mid, None)
 
     def publish(
         self, topic: str, payload: bytes | str, *, qos: int = 0, retain: bool = False
@@ -508,6 +525,11 @@ class MqttBridge:
         fut = self._acks.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(True)
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int) -> None:
+        fut = self._subacks.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result([])
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, granted: Iterable[int]) -> None:
         fut = self._subacks.get(mid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_PORT = 1883
@@ -74,6 +75,29 @@ class MqttSettings:
         use_tls = url_tls if tls is None else (tls or url_tls)
         chosen = url_port or port or (DEFAULT_TLS_PORT if use_tls else DEFAULT_PORT)
         return cls(host=host, port=chosen, tls=use_tls, **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_broker_config(cls, broker: Any, **overrides: Any) -> MqttSettings:
+        """From `amora.config.BrokerConfig` (read by attribute, so this module needs no config)."""
+
+        def path(value: Any) -> str | None:
+            return None if value is None else str(value)
+
+        fields: dict[str, Any] = {
+            "host": broker.host,
+            "port": broker.port,
+            "tls": broker.use_tls,
+            "ca_file": path(broker.ca_file),
+            "cert_file": path(broker.cert_file),
+            "key_file": path(broker.key_file),
+            "tls_insecure": broker.tls_insecure,
+            "username": broker.username,
+            "password": broker.password,
+            "client_id": broker.client_id,
+            "keepalive": broker.keepalive,
+        }
+        fields.update(overrides)
+        return cls(**fields)
 
 
 def parse_broker_url(url: str) -> tuple[str, int | None, bool]:
