@@ -1,0 +1,326 @@
+"""`amora`: talk to AmoraOS devices through the MQTT broker.
+
+    amora send setVolume --param volume=40 --device player-1 --broker mqtts://broker.local
+    amora send play --params '{"position": 2}' --config /etc/amora/config.json --json
+    amora watch [--device ID] [--json]      state and connection messages as they come
+    amora state --device ID                 the retained state, once
+    amora devices [--all]                   devices whose retained connection says online
+
+Exit codes: 0 ok; 1 the device answered with an error (or nothing to show); 2 bad usage or a command
+that fails validation (nothing was sent); 3 no response in time; 4 broker unreachable or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from amora.client import (
+    AmoraClient,
+    CommandFailed,
+    CommandTimeout,
+    ConnectionLost,
+    DeviceUpdate,
+    ValidationFailed,
+    build_command,
+)
+from amora.mqtt import ConnectFailed, MqttSettings, parse_broker_url
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_BROKER = 4
+
+PASSWORD_ENV = "AMORA_BROKER_PASSWORD"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("broker and device")
+    g.add_argument("--config", type=Path, help="take broker settings and device id from an agent config.json")
+    g.add_argument("--device", help="device id (default: the config's broker.device_id or device.id)")
+    g.add_argument("--broker", help="host, mqtt://host[:port] or mqtts://host[:port] (default localhost)")
+    g.add_argument("--port", type=int)
+    g.add_argument("--username")
+    g.add_argument("--password", help=f"prefer the {PASSWORD_ENV} environment variable")
+    g.add_argument("--tls", action="store_true", default=None, help="use TLS (implied by mqtts://)")
+    g.add_argument("--ca-file")
+    g.add_argument("--cert-file")
+    g.add_argument("--key-file")
+    g.add_argument(
+        "--insecure", action="store_true", help="do not verify the broker's certificate (testing only)"
+    )
+    g.add_argument("--topic-prefix")
+    g.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker/device")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="action", required=True, metavar="COMMAND")
+
+    send = sub.add_parser("send", help="send a command and print its response")
+    send.add_argument("command", help="command name, e.g. play, setVolume")
+    send.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="VALUE is JSON if it parses"
+    )
+    send.add_argument("--params", metavar="JSON", help="all params as one JSON object")
+    send.add_argument("--command-id", help="correlation id (default: a new uuid4)")
+    _common(send)
+
+    watch = sub.add_parser("watch", help="print state and connection messages as they come")
+    watch.add_argument("--count", type=int, help="stop after this many messages")
+    _common(watch)
+
+    state = sub.add_parser("state", help="print the device's retained state")
+    _common(state)
+
+    devices = sub.add_parser("devices", help="list devices seen online (retained connection messages)")
+    devices.add_argument("--all", action="store_true", help="include devices that are offline")
+    _common(devices)
+
+    sync = sub.add_parser("sync", help="content sync (not implemented yet)")
+    _common(sync)
+    return parser
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def _config_section(path: Path) -> tuple[dict[str, Any], str | None]:
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path} is not a JSON object")
+    broker = doc.get("broker") or {}
+    device = doc.get("device") or {}
+    if not isinstance(broker, dict) or not isinstance(device, dict):
+        raise UsageError(f"{path}: broker and device must be objects")
+    device_id = broker.get("device_id") or device.get("id")
+    return broker, device_id
+
+
+def resolve(args: argparse.Namespace) -> tuple[MqttSettings, str | None, str]:
+    """(settings, device id, topic prefix) from --config overlaid with the explicit options."""
+    conf: dict[str, Any] = {}
+    device_id: str | None = None
+    base = Path.cwd()
+    if args.config is not None:
+        conf, device_id = _config_section(args.config)
+        base = args.config.resolve().parent
+
+    def conf_path(key: str) -> str | None:
+        value = conf.get(key)
+        return None if not value else str(base / Path(str(value)).expanduser())
+
+    url = args.broker or conf.get("broker_url") or "localhost"
+    try:
+        host, url_port, url_tls = parse_broker_url(str(url))
+    except ValueError as exc:
+        raise UsageError(f"--broker: {exc}") from None
+    tls = bool(args.tls) or url_tls or (args.broker is None and bool(conf.get("use_tls")))
+    port = url_port or args.port or (None if args.broker else conf.get("port")) or (8883 if tls else 1883)
+    username = args.username or conf.get("username")
+    password = args.password or os.environ.get(PASSWORD_ENV) or conf.get("password")
+    try:
+        settings = MqttSettings(
+            host=host,
+            port=int(port),
+            tls=tls,
+            ca_file=args.ca_file or conf_path("ca_file"),
+            cert_file=args.cert_file or conf_path("cert_file"),
+            key_file=args.key_file or conf_path("key_file"),
+            tls_insecure=bool(args.insecure or conf.get("tls_insecure", False)),
+            username=username,
+            password=password if username else None,
+            keepalive=30,
+            connect_timeout=args.timeout,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    prefix = args.topic_prefix or conf.get("topic_prefix") or "amora/devices"
+    return settings, args.device or device_id, str(prefix)
+
+
+def parse_params(pairs: Sequence[str], params_json: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except ValueError as exc:
+            raise UsageError(f"--params is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError("--params must be a JSON object")
+        params.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _emit_json(doc: Any) -> None:
+    print(json.dumps(doc, separators=(",", ":"), ensure_ascii=False), flush=True)
+
+
+def _local_error(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return {"status": "error", "result": None, "error": error}
+
+
+def _validation_code(exc: ValidationFailed) -> str:
+    if exc.field.startswith("/params"):
+        return "invalid_params"
+    if exc.field == "/command" and any("unknown command" in i.message for i in exc.issues):
+        return "unknown_command"
+    return "invalid_command"
+
+
+def _format_update(update: DeviceUpdate) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(update.received_at))
+    flag = " (retained)" if update.retained else ""
+    if update.kind == "connection":
+        return f"{stamp} {update.device_id} connection {'online' if update.online else 'offline'}{flag}"
+    body = (
+        json.dumps(update.state, separators=(",", ":"), ensure_ascii=False)
+        if update.state is not None
+        else "?"
+    )
+    return f"{stamp} {update.device_id} state{flag} {body}"
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+async def _send(args: argparse.Namespace, settings: MqttSettings, device: str, prefix: str) -> int:
+    params = parse_params(args.param, args.params)
+    try:
+        envelope = build_command(args.command, params, command_id=args.command_id)
+    except ValidationFailed as exc:
+        if args.json:
+            _emit_json(_local_error(_validation_code(exc), str(exc), exc.field))
+        print(f"amora: {exc} (not sent)", file=sys.stderr)
+        return EXIT_USAGE
+    async with AmoraClient(settings, topic_prefix=prefix, timeout=args.timeout) as client:
+        try:
+            response = await client.send_envelope(device, envelope, check=False)
+        except CommandTimeout as exc:
+            if args.json:
+                _emit_json(_local_error("timeout", str(exc)))
+            print(f"amora: {exc}", file=sys.stderr)
+            return EXIT_TIMEOUT
+    if args.json:
+        _emit_json(response.raw)
+    elif response.ok:
+        result = response.result
+        print("ok" if result is None else json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        failed = CommandFailed(response)
+        print(f"amora: {failed}", file=sys.stderr)
+    return EXIT_OK if response.ok else EXIT_FAILED
+
+
+async def _watch(args: argparse.Namespace, settings: MqttSettings, device: str | None, prefix: str) -> int:
+    seen = 0
+    async with AmoraClient(settings, topic_prefix=prefix, timeout=args.timeout) as client:
+        async for update in client.watch(device):
+            if args.json:
+                _emit_json(update.to_json())
+            else:
+                print(_format_update(update), flush=True)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    return EXIT_OK
+
+
+async def _state(args: argparse.Namespace, settings: MqttSettings, device: str, prefix: str) -> int:
+    async with AmoraClient(settings, topic_prefix=prefix, timeout=args.timeout) as client:
+        state = await client.state(device, timeout=min(args.timeout, 5.0))
+    if state is None:
+        print(f"amora: the broker holds no state for {device}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        _emit_json(state)
+    else:
+        print(json.dumps(state, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+async def _devices(args: argparse.Namespace, settings: MqttSettings, prefix: str) -> int:
+    async with AmoraClient(settings, topic_prefix=prefix, timeout=args.timeout) as client:
+        found = await client.devices(timeout=min(args.timeout, 5.0))
+    shown = {d: online for d, online in sorted(found.items()) if online or args.all}
+    if args.json:
+        _emit_json([{"device_id": d, "online": online} for d, online in shown.items()])
+    else:
+        for d, online in shown.items():
+            print(d if not args.all else f"{d}\t{'online' if online else 'offline'}")
+    return EXIT_OK
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings, device, prefix = resolve(args)
+    if args.action == "sync":
+        print("amora: sync is not implemented yet", file=sys.stderr)
+        return EXIT_FAILED
+    if args.action in ("send", "state") and not device:
+        raise UsageError("no device: pass --device or --config with a device id")
+    if args.action == "send":
+        assert device is not None
+        return await _send(args, settings, device, prefix)
+    if args.action == "watch":
+        return await _watch(args, settings, device, prefix)
+    if args.action == "state":
+        assert device is not None
+        return await _state(args, settings, device, prefix)
+    return await _devices(args, settings, prefix)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="amora: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except UsageError as exc:
+        print(f"amora: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConnectFailed as exc:
+        print(f"amora: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    except ConnectionLost as exc:
+        print(f"amora: broker connection lost: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
