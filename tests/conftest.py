@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.mpd_server",
     "tests.fixtures.mosquitto",
+    "tests.fixtures.agent",
 ]
