@@ -119,8 +119,13 @@ def make_sample_library(dir: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _config(state: Path, socket_path: Path, port: int | None, music: Path, playlists: Path) -> str:
+def _config(
+    state: Path, socket_path: Path, port: int | None, music: Path, playlists: Path, password: str | None
+) -> str:
     tcp = f'bind_to_address     "127.0.0.1"\nport                "{port}"\n' if port is not None else ""
+    if password is not None:
+        # Without the password a client may do nothing at all.
+        tcp += f'password            "{password}@read,add,control,admin"\ndefault_permissions ""\n'
     return (
         f'music_directory     "{music}"\n'
         f'playlist_directory  "{playlists}"\n'
@@ -148,9 +153,13 @@ def _greets(socket_path: Path) -> bool:
 
 class MpdServer:
     """One MPD process on `state_dir`. `library`, if given, is copied in (music and playlists) the
-    first time; `tcp` also opens a free port on 127.0.0.1 (kept across restarts)."""
+    first time; `tcp` also opens a free port on 127.0.0.1 (kept across restarts); `password` makes
+    MPD refuse everything until a client sends it."""
 
-    def __init__(self, state_dir: Path, *, library: Path | None = None, tcp: bool = True) -> None:
+    def __init__(
+        self, state_dir: Path, *, library: Path | None = None, tcp: bool = True, password: str | None = None
+    ) -> None:
+        self.password = password
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.music_dir = self.state_dir / "music"
@@ -169,7 +178,7 @@ class MpdServer:
         self.conf = self.state_dir / "mpd.conf"
         self.log = self.state_dir / "mpd.log"
         self.conf.write_text(
-            _config(self.state_dir, self.socket_path, self.port, self.music_dir, self.playlist_dir)
+            _config(self.state_dir, self.socket_path, self.port, self.music_dir, self.playlist_dir, password)
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self._paused = False
@@ -265,7 +274,8 @@ class MpdServer:
     def env(self) -> dict[str, str]:
         """Environment for `mpc` and other libmpdclient tools (MPD_HOST may be a socket path)."""
         env = dict(os.environ)
-        env["MPD_HOST"] = str(self.socket_path)
+        prefix = f"{self.password}@" if self.password is not None else ""
+        env["MPD_HOST"] = f"{prefix}{self.socket_path}"
         env.pop("MPD_PORT", None)
         return env
 
@@ -291,6 +301,8 @@ class MpdServer:
             c._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
             c.connect(str(self.socket_path))
+        if self.password is not None:
+            c.password(self.password)
         try:
             yield c
         finally:
