@@ -424,6 +424,9 @@ class MqttBridge:
         while isinstance(sock, ssl.SSLSocket) and self._current(client) and sock.pending() > 0:
             self._guarded(client, client.loop_read)
             sock = client.socket()
+        # PUBACKs and anything published from inside on_message go out now, not next iteration.
+        if self._current(client):
+            self._write_now(client)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # Small MQTT packets must not wait for Nagle: the whole design is about latency.
