@@ -518,9 +518,15 @@ class MpdLink:
 
 
 def _disconnect(client: mpd.asyncio.MPDClient | None) -> None:
-    if client is not None:
-        with contextlib.suppress(Exception):
-            client.disconnect()
+    if client is None:
+        return
+    # python-mpd2 3.1.1: if the connection fails while disconnect() cancels its reader task, that
+    # task can die of an internal NameError; retrieve it so asyncio does not log it as unhandled.
+    run_task = getattr(client, "_MPDClient__run_task", None)
+    if isinstance(run_task, asyncio.Future):
+        run_task.add_done_callback(_consume)
+    with contextlib.suppress(Exception):
+        client.disconnect()
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

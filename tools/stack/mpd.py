@@ -190,7 +190,8 @@ class MpdServer:
             return self
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self.proc = proc.spawn(["mpd", "--no-daemon", str(self.conf)], log=self.state_dir / "stderr.log")
+        with open(self.state_dir / "stderr.log", "ab") as log:  # the child keeps its own copy
+            self.proc = proc.spawn(["mpd", "--no-daemon", str(self.conf)], stdout=log)
         self._paused = False
 
         def up() -> bool:
