@@ -108,6 +108,7 @@ class CoreSettings:
     sync_configured: bool = False
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
     reboot_guard_seconds: float = 600.0
+    reboot_overdue_seconds: float = 120.0
     startup_volume: int | None = None
     audio_backend: str = "pipewire"
     audio_device: str = "default"
@@ -362,6 +363,17 @@ class AgentCore:
         if event.name.startswith("retry:"):
             link = event.name.removeprefix("retry:")
             self._try_fire(f"{link}_retry")
+        elif event.name == "reboot_overdue" and self.player_state() == "rebooting":
+            self._reboot_did_not_happen(
+                f"reboot command succeeded but the device did not reboot within "
+                f"{self.settings.reboot_overdue_seconds:g} s"
+            )
+
+    def _reboot_did_not_happen(self, message: str) -> None:
+        self.last_error = message
+        self.emit(fx.Log("error", message))
+        self._try_fire("reboot_finished")
+        self._dirty = True
 
     # ------------------------------------------------------------------ links
 
@@ -628,11 +640,11 @@ class AgentCore:
 
     def _on_operation_done(self, event: OperationDone) -> None:
         if self.player_state() == "rebooting":
-            if not event.ok:
-                self.last_error = f"reboot failed: {event.error}"
-                self.emit(fx.Log("error", self.last_error))
-                self._try_fire("reboot_finished")
-                self._dirty = True
+            if event.ok:
+                # the command was accepted; if the device is still here much later, say so
+                self.emit(fx.StartTimer(name="reboot_overdue", delay=self.settings.reboot_overdue_seconds))
+            else:
+                self._reboot_did_not_happen(f"reboot failed: {event.error}")
             return
         if self.player_state() == "syncing":
             self.sync_status = {

@@ -33,9 +33,15 @@ def test_the_guides_mosquitto_pub_example_works_as_printed(
     load(controller, play=False)
     subprocess.run(
         [
-            "mosquitto_pub", "-h", mosquitto.host, "-p", str(mosquitto.port),
-            "-t", f"{PREFIX}/commands",
-            "-m", '{"command":"play","command_id":"test-1","params":{},"timestamp":1620000000}',
+            "mosquitto_pub",
+            "-h",
+            mosquitto.host,
+            "-p",
+            str(mosquitto.port),
+            "-t",
+            f"{PREFIX}/commands",
+            "-m",
+            '{"command":"play","command_id":"test-1","params":{},"timestamp":1620000000}',
         ],
         check=True,
         timeout=10,
@@ -47,7 +53,9 @@ def test_the_guides_mosquitto_pub_example_works_as_printed(
     controller.wait_state(lambda s: s["player"] == "playing", what="state playing")
 
 
-def test_every_command_reaches_mpd(agent: AgentProcess, controller: Controller, mpd_server: MpdServer) -> None:
+def test_every_command_reaches_mpd(
+    agent: AgentProcess, controller: Controller, mpd_server: MpdServer
+) -> None:
     send = controller.send
     lists = send("listPlaylists")["result"]["playlists"]
     assert "relaxing" in lists
@@ -69,8 +77,12 @@ def test_every_command_reaches_mpd(agent: AgentProcess, controller: Controller, 
     assert send("mute")["result"]["volume"] == 0
     controller.wait_state(lambda s: s["muted"] and s["volume"] == 0)
     assert send("unmute")["result"]["volume"] == 40
-    for name, key in (("setRandom", "random"), ("setRepeat", "repeat"), ("setSingle", "single"),
-                      ("setConsume", "consume")):
+    for name, key in (
+        ("setRandom", "random"),
+        ("setRepeat", "repeat"),
+        ("setSingle", "single"),
+        ("setConsume", "consume"),
+    ):
         assert send(name, {"enabled": True})["status"] == "ok"
         assert mpd_status(mpd_server)[key] == "1"
         assert send(name, {"enabled": False})["status"] == "ok"
@@ -105,8 +117,9 @@ def test_errors_are_distinct(agent: AgentProcess, controller: Controller) -> Non
     assert schemas.issues("response", body) == []
 
 
-def test_state_follows_an_external_mpc_change(agent: AgentProcess, controller: Controller,
-                                              mpd_server: MpdServer) -> None:
+def test_state_follows_an_external_mpc_change(
+    agent: AgentProcess, controller: Controller, mpd_server: MpdServer
+) -> None:
     load(controller)
     controller.wait_state(lambda s: s["player"] == "playing")
     mpd_server.mpc("pause")
@@ -147,8 +160,11 @@ def test_broker_restart_reconnects_with_birth_and_full_state(
     again = Controller(mosquitto.host, mosquitto.port)
     try:
         count = len(again.connection)
-        again.wait(lambda: len(again.connection) > count and again.connection[-1] == "online", timeout=20,
-                   what="online after broker restart")
+        again.wait(
+            lambda: len(again.connection) > count and again.connection[-1] == "online",
+            timeout=20,
+            what="online after broker restart",
+        )
         again.wait_state(lambda s: s["links"]["mqtt"] == "online")
         assert again.send("ping")["status"] == "ok"
     finally:
@@ -181,8 +197,9 @@ def test_malformed_oversized_retained_and_duplicate_commands(
     big = json.dumps({"command_id": "big-1", "command": "ping", "params": {"x": "a" * 200_000}})
     controller.publish(big)
     assert controller.response("big-1")["error"]["code"] == "too_large"
-    controller.publish(json.dumps({"command_id": "ret-1", "command": "setVolume", "params": {"volume": 3}}),
-                       retain=True)
+    controller.publish(
+        json.dumps({"command_id": "ret-1", "command": "setVolume", "params": {"volume": 3}}), retain=True
+    )
     # a retained command is never run: not live (MQTT 5 retain-as-published tells the agent), and not
     # by a later (re)connect that receives it again
     assert controller.send("ping")["status"] == "ok"
@@ -197,3 +214,47 @@ def test_malformed_oversized_retained_and_duplicate_commands(
     assert second == first
     assert mpd_status(mpd_server)["volume"] == "20"  # not run twice
     assert agent.alive
+
+
+def test_generated_payloads_never_crash_the_agent_and_are_all_answered(
+    agent: AgentProcess, controller: Controller
+) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+        max_leaves=8,
+    )
+    names = st.sampled_from([*schemas.command_names(), "nope", ""]) | values
+    params = values | st.dictionaries(
+        st.sampled_from(["volume", "position", "playlist", "output", "enabled", "step", "force"]),
+        values,
+        max_size=3,
+    )
+    seen: list[str] = []
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(names, params, st.binary(max_size=64), st.booleans())
+    def run(name: Any, params: Any, junk: bytes, as_json: bool) -> None:
+        command_id = f"h-{len(seen)}"
+        seen.append(command_id)
+        if as_json:
+            payload = json.dumps({"command": name, "command_id": command_id, "params": params}).encode()
+        else:
+            payload = b'{"command_id": "' + command_id.encode() + b'", ' + junk
+        controller.publish(payload)
+        body = controller.response(command_id, timeout=10)
+        assert schemas.issues("response", body) == []
+        if name == "reboot" and as_json and body["status"] == "ok":
+            controller.wait_state(lambda s: s["player"] != "rebooting", what="back from the reboot command")
+
+    run()
+    assert agent.alive
+    assert controller.send("ping")["status"] == "ok"

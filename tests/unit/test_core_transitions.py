@@ -271,3 +271,16 @@ def test_retained_commands_never_run() -> None:
     h.start()
     out = h.feed(MqttMessage(at=h.tick(), payload=b'{"command":"play","command_id":"r"}', retained=True))
     assert not h.only(out, fx.MpdCall) and not h.only(out, fx.Respond)
+
+
+def test_a_reboot_that_never_happens_is_reported() -> None:
+    h = Harness(reboot_overdue_seconds=60)
+    h.start()
+    op = h.only(h.command("reboot"), fx.StartOperation)[0]
+    out = h.feed(OperationDone(at=h.tick(), op_id=op.op_id, ok=True))
+    timer = h.only(out, fx.StartTimer)[0]
+    assert (timer.name, timer.delay) == ("reboot_overdue", 60)
+    assert h.core.player_state() == "rebooting"
+    out = h.feed(TimerFired(at=h.tick(60), name="reboot_overdue"))
+    assert h.core.player_state() == "stopped"
+    assert "did not reboot" in h.only(out, fx.PublishState)[0].state["last_error"]
