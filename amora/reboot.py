@@ -79,21 +79,6 @@ def boot_id(path: Path = _BOOT_ID) -> str:
         return ""
 
 
-def reboot_refusal(*, uptime: float, min_uptime: float, force: bool) -> str | None:
-    """Why a reboot must be refused, or None to go ahead.
-
-    A reboot asked for less than `min_uptime` seconds after boot is refused unless forced: a command
-    replayed after the reboot it caused (a retained message, a re-sent method call) would otherwise
-    reboot the device in a loop.
-    """
-    if force or uptime >= min_uptime:
-        return None
-    return (
-        f"refused: the device booted {int(uptime)}s ago, less than the {int(min_uptime)}s guard "
-        "against reboot loops; send the command with force=true to reboot anyway"
-    )
-
-
 def marker_path(state_dir: Path) -> Path:
     return Path(state_dir) / MARKER_NAME
 

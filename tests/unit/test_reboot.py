@@ -1,4 +1,4 @@
-"""Reboot marker, reboot command runner, boot time and the reboot-loop guard."""
+"""Reboot marker, reboot command runner and boot time."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from amora.reboot import (
     boot_time,
     clear_marker,
     marker_path,
-    reboot_refusal,
     run_reboot_command,
     take_marker,
     uptime,
@@ -62,17 +61,6 @@ def test_boot_id() -> None:
     assert len(boot_id()) == 36
     assert boot_id() == boot_id()
     assert boot_id(Path("/nonexistent/boot_id")) == ""
-
-
-@pytest.mark.parametrize(
-    ("up", "force", "refused"),
-    [(10.0, False, True), (10.0, True, False), (600.0, False, False), (599.9, False, True)],
-)
-def test_reboot_guard(up: float, force: bool, refused: bool) -> None:
-    reason = reboot_refusal(uptime=up, min_uptime=600.0, force=force)
-    assert (reason is not None) is refused
-    if reason:
-        assert "force" in reason and "600" in reason
 
 
 def test_marker_round_trip_after_a_real_reboot(tmp_path: Path) -> None:
