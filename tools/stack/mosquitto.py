@@ -96,8 +96,8 @@ class Mosquitto:
     ) -> None:
         """`users` (name -> password) makes a hashed password file; `acl` is the text of an ACL
         file. Anonymous access is allowed unless users are given (or `allow_anonymous` says so).
-        With `tls`, a second listener on `tls_port` serves TLS (`tls_only` drops the plain one's
-        clients by binding it to the TLS listener only)."""
+        With `tls`, a second listener on `tls_port` serves TLS; `tls_only` leaves out the plain
+        listener."""
         self.state_dir = Path(state_dir)
         self.host = "127.0.0.1"
         self.port = port or free_port()
