@@ -36,8 +36,21 @@ def spawn(
     """Start `argv`; its output goes to `log` (or `stdout` if given). With `tie_to_parent` the child
     is killed when this process dies, so a crashed test run leaves no stray service."""
     out: Any = stdout
-    if out is None:
-        out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    owned = None
+    if out is None and log is not None:
+        out = owned = open(log, "ab")  # noqa: SIM115
+    elif out is None:
+        out = subprocess.DEVNULL
+    try:
+        return _popen(argv, out, env, cwd, tie_to_parent)
+    finally:
+        if owned is not None:
+            owned.close()  # the child has its own copy
+
+
+def _popen(
+    argv: Sequence[str], out: Any, env: dict[str, str] | None, cwd: Path | None, tie_to_parent: bool
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         list(argv),
         stdout=out,
