@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,15 +110,40 @@ class Mosquitto:
         self._write_conf()
         if self.proc is None or self.proc.poll() is not None:
             return
-        before = self._reload_count()
-        os.kill(self.proc.pid, signal.SIGHUP)
-        wait_for(lambda: self._reload_count() > before, timeout=5, what="mosquitto config reload")
+        # mosquitto drops a SIGHUP that arrives while it is still applying the previous one, and logs
+        # "Reloading config." before applying it; so check the effect and signal again if needed.
+        expected = 5 if reject else 0
+        for _ in range(10):
+            os.kill(self.proc.pid, signal.SIGHUP)
+            try:
+                wait_for(lambda: self._probe() == expected, timeout=0.5, what="mosquitto config reload")
+                return
+            except TimeoutError:
+                continue
+        raise TimeoutError("mosquitto did not apply the new credential setting")
 
-    def _reload_count(self) -> int:
-        try:
-            return self.log_path.read_text(errors="replace").count("Reloading config.")
-        except FileNotFoundError:
-            return 0
+    def _probe(self) -> int:
+        """CONNACK return code for a client with a username that is not in the password file."""
+        client_id, user = b"iothub-standin-probe", b"probe"
+        body = (
+            b"\x00\x04MQTT\x04\x82\x00\x05"
+            + len(client_id).to_bytes(2, "big")
+            + client_id
+            + len(user).to_bytes(2, "big")
+            + user
+        )
+        with socket.create_connection(("127.0.0.1", self.service_port), timeout=1) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b"\x10" + bytes([len(body)]) + body)
+            connack = b""
+            while len(connack) < 4:
+                chunk = sock.recv(4 - len(connack))
+                if not chunk:
+                    break
+                connack += chunk
+        if len(connack) != 4 or connack[0] != 0x20:
+            raise ConnectionError("unexpected answer from mosquitto")
+        return connack[3]
 
     def stop(self) -> None:
         stop(self.proc)
