@@ -57,14 +57,14 @@ class TraceRecorder:
     loses nothing. Secret values are replaced before writing."""
 
     def __init__(self, path: Path, secrets: Sequence[str]) -> None:
+        from amora.logs import Redactor
+
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        self._secrets = [s for s in secrets if s]
+        self._redact = Redactor(secrets)
 
     def __call__(self, event: Event) -> None:
-        line = json.dumps(event_to_json(event), separators=(",", ":"), ensure_ascii=False)
-        for secret in self._secrets:
-            line = line.replace(secret, "***")
+        line = self._redact(json.dumps(event_to_json(event), separators=(",", ":"), ensure_ascii=False))
         self._file.write(line + "\n")
         self._file.flush()
 
@@ -136,10 +136,20 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
         recorder = TraceRecorder(record_path, secret_values(config))
         runtime.recorder = recorder
 
-    notifier = systemd.Notifier.from_env()
+    # unset: commands the agent runs (reboot) must not talk to systemd in its name
+    notifier = systemd.Notifier.from_env(unset_environment=True)
     # the consumer beats after every event it processed, including the probes the heartbeat sends
     liveness = systemd.liveness_for(notifier)
-    runtime.on_alive = liveness.beat
+    ready_sent = False
+
+    def alive() -> None:
+        nonlocal ready_sent
+        liveness.beat()
+        if not ready_sent:  # READY=1 once the consumer has processed its first event
+            ready_sent = True
+            notifier.ready(f"amora-agent {__version__} running")
+
+    runtime.on_alive = alive
 
     def on_effects(_: Any) -> None:
         notifier.status(systemd.format_link_status(core.configuration(), state=core.player_state()))
@@ -147,7 +157,6 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
     runtime.on_effects = on_effects
 
     hb = asyncio.ensure_future(systemd.watchdog_heartbeat(notifier, liveness.is_alive, probe=runtime.poke))
-    notifier.ready(f"amora-agent {__version__} starting")
     try:
         await runtime.run()
     finally:
@@ -184,7 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(redacted(config), indent=2, sort_keys=True))
         return 0
 
+    import faulthandler
+
     from amora.logs import setup_logging
+
+    faulthandler.enable()  # a watchdog SIGABRT then leaves every thread's stack in the journal
 
     setup_logging(config.logging.level.upper(), config.logging.format, secret_values(config))  # type: ignore[arg-type]
     # transitions narrates every callback at INFO; the agent logs what matters itself

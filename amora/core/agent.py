@@ -19,13 +19,14 @@ import random
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from transitions import MachineError
 from transitions.extensions.nesting import NestedEventData
 
 from amora import schemas
 from amora.core import effects as fx
+from amora.core import twin
 from amora.core.chart import Chart, build_machine, load_chart
 from amora.core.commands import PLANS, Plan, PlanError, summarize_status
 from amora.core.events import (
@@ -109,6 +110,10 @@ class CoreSettings:
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
     reboot_guard_seconds: float = 600.0
     reboot_overdue_seconds: float = 120.0
+    enable_device_twin: bool = True
+    enable_direct_methods: bool = True
+    telemetry_interval: float = 60.0
+    min_report_interval: float = 1.0  # reported patches are coalesced to at most one per interval
     startup_volume: int | None = None
     audio_backend: str = "pipewire"
     audio_device: str = "default"
@@ -117,12 +122,13 @@ class CoreSettings:
 
 @dataclass(slots=True)
 class Request:
-    transport: fx.Transport
-    request_id: str  # the direct method's rid; "" for MQTT
+    transport: fx.Transport | Literal["desired"]
+    request_id: str  # the direct method's rid; the property path for a desired property; "" for MQTT
     command_id: str | None
     command: str | None
     params: dict[str, Any] = field(default_factory=dict)
     at: float = 0.0
+    desired_version: int | None = None
 
 
 @dataclass(slots=True)
@@ -236,6 +242,15 @@ class AgentCore:
         self._in_flight: dict[str, list[Request]] = {}
         self._outbox: list[fx.Respond] = []
         self._startup_volume_applied = False
+        # device twin
+        self.desired_version: int | None = None
+        self.desired: dict[tuple[str, ...], Any] = {}  # what the cloud asked for, by path
+        self.acks: dict[tuple[str, ...], dict[str, Any]] = {}
+        self.default_playlist: str | None = None
+        self.sync_enabled: bool | None = None
+        self._reported: dict[str, Any] | None = None  # what the hub was last sent
+        self._last_report_at: float | None = None
+        self._report_timer = False
 
     # ------------------------------------------------------------------ public API
 
@@ -252,8 +267,11 @@ class AgentCore:
     def drain(self) -> list[fx.Effect]:
         """Coalesced publications, once the queue is empty."""
         self._effects = []
-        if self._dirty and self.link_state("mqtt") == "online":
-            self._publish_state(force=False)
+        if self._dirty:
+            if self.link_state("mqtt") == "online":
+                self._publish_state(force=False)
+            if self.link_state("iothub") == "online":
+                self._report(full=False)
         self._dirty = False
         out, self._effects = self._effects, []
         return out
@@ -318,7 +336,7 @@ class AgentCore:
                 self.sync_status = dict(event.progress)
                 self._dirty = True
             case DesiredPatch():
-                self.emit(fx.Log("info", "desired properties are not handled yet"))
+                self._on_desired(event)
             case _:
                 self.emit(fx.Log("warning", f"unknown event {event.kind}"))
 
@@ -363,6 +381,13 @@ class AgentCore:
         if event.name.startswith("retry:"):
             link = event.name.removeprefix("retry:")
             self._try_fire(f"{link}_retry")
+        elif event.name == "telemetry":
+            if self.link_state("iothub") == "online":
+                self.emit(fx.SendTelemetry(body=self.telemetry()))
+                self.emit(fx.StartTimer(name="telemetry", delay=self.settings.telemetry_interval))
+        elif event.name == "report":
+            self._report_timer = False
+            self._dirty = True
         elif event.name == "reboot_overdue" and self.player_state() == "rebooting":
             self._reboot_did_not_happen(
                 f"reboot command succeeded but the device did not reboot within "
@@ -385,8 +410,15 @@ class AgentCore:
             self._publish_state(force=True)
             outbox, self._outbox = self._outbox, []
             self._effects.extend(outbox)
+        elif link == "iothub":
+            self.emit(fx.Log("info", "IoT Hub connected"))
+            if self.settings.enable_device_twin:
+                self._report(full=True)
+            if self.settings.telemetry_interval > 0:
+                self.emit(fx.StartTimer(name="telemetry", delay=self.settings.telemetry_interval))
         elif link == "mpd":
             self.emit(fx.Log("info", "MPD connected"))
+            self._retry_desired()
             if self.settings.startup_volume is not None and not self._startup_volume_applied:
                 self._startup_volume_applied = True
                 call_id = self._new_id()
@@ -698,6 +730,9 @@ class AgentCore:
             self._responses.popitem(last=False)
 
     def _deliver(self, request: Request, status: int, body: dict[str, Any]) -> None:
+        if request.transport == "desired":
+            self._ack_from_response(request, status, body)
+            return
         effect = fx.Respond(
             transport=request.transport, request_id=request.request_id, status=status, body=body
         )
@@ -707,6 +742,179 @@ class AgentCore:
             del self._outbox[: -self.settings.outbox_limit]
             return
         self.emit(effect)
+
+    # ------------------------------------------------------------------ device twin
+
+    def _on_desired(self, event: DesiredPatch) -> None:
+        if not self.settings.enable_device_twin:
+            return
+        patch = event.patch if isinstance(event.patch, dict) else {}
+        raw_version = patch.get("$version")
+        version = raw_version if isinstance(raw_version, int) else None
+        if version is not None and self.desired_version is not None:
+            if version < self.desired_version or (version == self.desired_version and not event.full):
+                self.emit(
+                    fx.Log(
+                        "info",
+                        f"ignored stale desired properties (version {version} <= {self.desired_version})",
+                    )
+                )
+                return
+            if version == self.desired_version and event.full:
+                return  # the whole document again, already applied: nothing to do
+        leaves = list(twin.desired_leaves(patch))
+        if event.full:
+            # a property missing from the full document was removed while we were away
+            present = {path for path, _ in leaves}
+            leaves += [(path, None) for path in list(self.desired) if path not in present]
+        if version is not None:
+            self.desired_version = version
+        for path, value in leaves:
+            self._apply_desired(path, value, version)
+        self._dirty = True
+
+    def _apply_desired(self, path: tuple[str, ...], value: Any, version: int | None) -> None:
+        label = ".".join(path)
+        if path not in twin.DESIRED_PATHS:
+            self.acks[path[:2]] = twin.ack(value, twin.AC_REJECTED, version, f"unknown property {label}")
+            return
+        if value is None:
+            self.desired.pop(path, None)
+            self.acks.pop(path, None)
+            if path == ("content", "default_playlist"):
+                self.default_playlist = None
+            elif path == ("content", "sync_enabled"):
+                self.sync_enabled = None
+            return
+        issues = schemas.issues("desired", value, "/properties/" + "/properties/".join(path))
+        if issues:
+            self.acks[path] = twin.ack(value, twin.AC_REJECTED, version, f"{label}: {issues[0].message}")
+            return
+        self.desired[path] = value
+        if path == ("content", "default_playlist"):
+            self.default_playlist = value
+            self.acks[path] = twin.ack(value, twin.AC_APPLIED, version, "stored")
+        elif path == ("content", "sync_enabled"):
+            self.sync_enabled = value
+            note = "stored" if self.settings.sync_configured else "stored; content sync is not configured"
+            self.acks[path] = twin.ack(value, twin.AC_APPLIED, version, note)
+        elif path == ("audio", "device") and value == "default":
+            self.acks[path] = twin.ack(value, twin.AC_APPLIED, version, "default: outputs left as they are")
+        else:
+            self._desired_command(path, value, version)
+
+    def _desired_command(self, path: tuple[str, ...], value: Any, version: int | None) -> None:
+        """Apply a desired property through the command of the same meaning: same checks, same path."""
+        command = twin.DESIRED_PATHS[path]
+        assert command is not None
+        params = {"volume": value} if command == "setVolume" else {"output": value}
+        self.acks[path] = twin.ack(value, twin.AC_PENDING, version, "applying")
+        request = Request(
+            transport="desired",
+            request_id=".".join(path),
+            command_id=None,
+            command=command,
+            params=params,
+            at=self.now,
+        )
+        request.desired_version = version
+        self._run_request(request, params_pointer="")
+
+    def _ack_from_response(self, request: Request, status: int, body: dict[str, Any]) -> None:
+        path = tuple(request.request_id.split("."))
+        value = self.desired.get(path)
+        version = request.desired_version
+        if body["status"] == "ok":
+            self.acks[path] = twin.ack(value, twin.AC_APPLIED, version, "applied")
+        else:
+            error = body["error"] or {}
+            code = (
+                twin.AC_REJECTED
+                if 400 <= status < 500 and error.get("code") != "not_possible"
+                else twin.AC_FAILED
+            )
+            if error.get("code") == "mpd_unavailable":
+                code = twin.AC_PENDING  # applied as soon as MPD is back (see _retry_desired)
+            self.acks[path] = twin.ack(value, code, version, str(error.get("message", "failed")))
+        self._dirty = True
+
+    def _retry_desired(self) -> None:
+        for path, ack in list(self.acks.items()):
+            if ack["ac"] == twin.AC_PENDING and path in self.desired and twin.DESIRED_PATHS.get(path):
+                self._desired_command(path, self.desired[path], ack["av"])
+
+    def reported_document(self) -> dict[str, Any]:
+        picture = self.picture
+        state = self.state_document()
+        acks: dict[str, Any] = {}
+        for path, ack in sorted(self.acks.items()):
+            twin.set_path(acks, path, ack)
+        return {
+            "audio": {
+                "volume": picture.volume,
+                "device": state["audio"]["device"],
+                "backend": self.settings.audio_backend,
+                "muted": picture.muted,
+            },
+            "playback": {
+                "status": picture.playback,
+                "current_track": picture.current_track_label(),
+                "position": None if picture.elapsed is None else int(picture.elapsed),
+                "duration": None if picture.duration is None else int(picture.duration),
+            },
+            "system": {
+                "version": self.settings.version,
+                "uptime": state["system"]["uptime"],
+                "free_space": state["system"]["free_space"],
+                "rebooted_on_request": self.rebooted_on_request,
+                "last_error": self.last_error,
+            },
+            "content": {
+                "current_playlist": picture.loaded_playlist,
+                "default_playlist": self.default_playlist,
+                "sync_enabled": self.sync_enabled,
+                "sync": self.sync_status,
+            },
+            "player": self.player_state(),
+            "links": {"mqtt": self.link_state("mqtt"), "mpd": self.link_state("mpd")},
+            "desired_version": self.desired_version,
+            "acks": acks,
+        }
+
+    def _report(self, *, full: bool) -> None:
+        if not self.settings.enable_device_twin:
+            return
+        doc = self.reported_document()
+        if full or self._reported is None:
+            patch = doc
+        else:
+            if twin.without_volatile(doc) == twin.without_volatile(self._reported):
+                return
+            interval = self.settings.min_report_interval
+            if self._last_report_at is not None and self.now - self._last_report_at < interval:
+                if not self._report_timer:
+                    self._report_timer = True
+                    self.emit(
+                        fx.StartTimer(name="report", delay=interval - (self.now - self._last_report_at))
+                    )
+                return
+            patch = twin.merge_diff(self._reported, doc)
+        self._reported = doc
+        self._last_report_at = self.now
+        self.emit(fx.ReportProperties(patch=patch))
+
+    def telemetry(self) -> dict[str, Any]:
+        state = self.state_document()
+        return {
+            "device_id": self.settings.device_id,
+            "timestamp": self.now,
+            "playback": self.picture.playback,
+            "track": self.picture.current_track_label(),
+            "volume": self.picture.volume,
+            "free_space": state["system"]["free_space"],
+            "uptime": state["system"]["uptime"],
+            "links": state["links"],
+        }
 
     # ------------------------------------------------------------------ state
 
