@@ -399,3 +399,17 @@ async def test_desired_change_while_offline_arrives_as_full_document(
     local_hub.restore()
     await until(lambda: len(patches) == 2, timeout=RETRY_INTERVAL * 5, what="catch-up patch")
     assert patches[1] == {"volume": 10, "$version": version}
+
+
+async def test_cloud_to_device_message(local_hub: LocalHub, device: Any) -> None:
+    received: list[Any] = []
+
+    async def on_message(message: Any) -> None:
+        received.append(message)
+
+    device.on_message_received = on_message
+    await asyncio.wait_for(device.get_twin(), 5)
+    local_hub.send_c2d('{"hello": 1}', {"kind": "greeting"})
+    await until(lambda: received, what="C2D message")
+    assert received[0].data == b'{"hello": 1}'
+    assert received[0].custom_properties == {"kind": "greeting"}

@@ -59,6 +59,12 @@ def serve(args: argparse.Namespace) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
     sock_path = control.socket_path(state_dir)
+    try:
+        control.request(state_dir, "info", timeout=2)
+    except control.ControlError:
+        pass  # nobody there (a stale socket file is replaced)
+    else:
+        raise control.ControlError(f"a stand-in is already running with state dir {state_dir}")
     hub = LocalHub(
         state_dir,
         host_name=args.host_name,
@@ -138,7 +144,9 @@ def monitor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.iothub_standin", description=__doc__.split("\n")[0]
+        prog="python -m tools.iothub_standin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE_DIR))
