@@ -1,10 +1,24 @@
 """The agent's MQTT link: commands in, responses/state/availability out.
 
 Topics under `{topic_prefix}/{device_id}/`:
-  commands    subscribed QoS 1; every message becomes an `MqttMessage` event, unparsed
+  commands    subscribed QoS 1; every message becomes an `MqttMessage` event, unparsed (except the
+              empty retained message that deletes a retained one: that carries no command)
   responses   QoS 1, not retained
   state       QoS 1, retained, compact JSON
   connection  QoS 1, retained, plain text "online"/"offline"; the Last Will says "offline"
+
+The link always speaks MQTT 5, whatever `settings.protocol` says, because it must know whether a
+command was published retained: MQTT 3.1.1 brokers clear the retain flag on delivery to existing
+subscriptions, so a retained command would look live and be run. The commands subscription asks
+for retain-as-published (the flag arrives as the publisher set it) and no-local (the link never
+sees its own publications). Controllers may keep using MQTT 3.1.1 (mosquitto_pub/sub): the broker
+translates. A persistent session (`clean_session=False`) is kept for `settings.session_expiry`
+seconds, so QoS 1 commands sent while the agent is briefly away arrive after it reconnects.
+
+Retained commands: the link emits `MqttMessage(retained=True)` (the core ignores it) and then
+clears the retained message by publishing an empty retained message to the commands topic, so it
+is not delivered again on every reconnect or to every new subscriber. This is the link's own
+housekeeping, not a core decision, which is why it happens here.
 
 The link never reconnects by itself: the core asks with a Connect effect, the link answers with
 LinkUp or LinkDown, and reports a later unexpected disconnect with one LinkDown.
@@ -64,7 +78,7 @@ class MqttLink:
         self.device_id = device_id
         self.topics = DeviceTopics.of(device_id, topic_prefix)
         self.settings = settings.replace(
-            will=Will(topic=self.topics.connection, payload=OFFLINE, qos=1, retain=True)
+            protocol="5", will=Will(topic=self.topics.connection, payload=OFFLINE, qos=1, retain=True)
         )
         self._emit = emit
         self._clock = clock
@@ -95,7 +109,7 @@ class MqttLink:
         self._connecting = True
         try:
             await self._bridge.connect()
-            await self._bridge.subscribe(self.topics.commands, qos=1)
+            await self._bridge.subscribe(self.topics.commands, qos=1, no_local=True, retain_as_published=True)
         except MqttError as exc:
             await self._bridge.disconnect()
             self._down(str(exc))
@@ -141,7 +155,14 @@ class MqttLink:
     def _on_message(self, msg: paho.MQTTMessage) -> None:
         if msg.topic != self.topics.commands:
             return
-        self._emit(MqttMessage(at=self._clock(), payload=bytes(msg.payload), retained=bool(msg.retain)))
+        payload = bytes(msg.payload)
+        retained = bool(msg.retain)
+        if retained and not payload:
+            return  # someone deleted the retained command: nothing to run, nothing to clear
+        self._emit(MqttMessage(at=self._clock(), payload=payload, retained=retained))
+        if retained:
+            log.info("clearing a retained message on %s (retained commands are never run)", msg.topic)
+            self._bridge.publish(self.topics.commands, b"", qos=1, retain=True)
 
     def _on_lost(self, reason: str) -> None:
         if not self._up:

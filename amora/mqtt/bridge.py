@@ -10,6 +10,12 @@ paho allows it, so a response leaves in the same loop iteration that produced it
 Only `connect()` touches another thread: paho's blocking TCP connect and TLS handshake run in the
 default executor so a slow or unreachable broker never stalls the loop.
 
+Both MQTT 3.1.1 (the default) and MQTT 5 (`MqttSettings(protocol="5")`) are spoken. With MQTT 5 a
+persistent session is `clean_start=False` plus a Session Expiry Interval of
+`settings.session_expiry`, and `subscribe()` accepts the v5 subscription options `no_local` and
+`retain_as_published` (the latter is how a subscriber learns that a live message was published
+retained: MQTT 3.1.1 brokers clear the flag on delivery to existing subscriptions).
+
 The bridge never reconnects by itself. After an unexpected disconnect it calls
 `on_connection_lost(reason)` once; call `connect()` again to get a fresh session (a new paho client
 each time, so nothing from the old connection is silently resent).
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -27,6 +34,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCodes
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from amora.mqtt.settings import MqttSettings
 
@@ -71,12 +82,32 @@ _CONNACK_REASONS = {
     ),
 }
 
+# MQTT 5 CONNACK reason codes (3.1.1 codes above are 1-5; v5 failures are >= 0x80).
+_CONNACK_REASONS_V5 = {
+    0x84: _CONNACK_REASONS[paho.CONNACK_REFUSED_PROTOCOL_VERSION],
+    0x85: _CONNACK_REASONS[paho.CONNACK_REFUSED_IDENTIFIER_REJECTED],
+    0x86: _CONNACK_REASONS[paho.CONNACK_REFUSED_BAD_USERNAME_PASSWORD],
+    0x87: _CONNACK_REASONS[paho.CONNACK_REFUSED_NOT_AUTHORIZED],
+    0x88: _CONNACK_REASONS[paho.CONNACK_REFUSED_SERVER_UNAVAILABLE],
+    0x89: ("refused", "refused by broker: server busy"),
+    0x8A: ("not_authorised", "refused by broker: this client is banned"),
+    0x8C: ("bad_credentials", "refused by broker: bad authentication method"),
+    0x97: ("refused", "refused by broker: quota exceeded"),
+}
+
 _DISCONNECT_REASONS = {
     paho.MQTT_ERR_CONN_LOST: "connection to the broker lost",
     paho.MQTT_ERR_KEEPALIVE: "broker stopped answering (keepalive timeout)",
     paho.MQTT_ERR_PROTOCOL: "protocol error on the broker connection",
     paho.MQTT_ERR_CONN_REFUSED: "connection refused by the broker",
 }
+
+
+def _code(value: object) -> int:
+    """paho passes MQTT 5 reason codes as `ReasonCodes` objects (unhashable) and 3.1.1 codes as ints."""
+    if isinstance(value, ReasonCodes):
+        return int(value.value)
+    return int(value)  # type: ignore[call-overload]
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext:
@@ -144,6 +175,7 @@ class MqttBridge:
         self._connected = False
         self._closing = False
         self._connack: asyncio.Future[int] | None = None
+        self._session_present = False
         self._closed: asyncio.Future[None] | None = None
         self._acks: dict[int, asyncio.Future[bool]] = {}
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
@@ -168,6 +200,15 @@ class MqttBridge:
         return sock if isinstance(sock, socket.socket) else None
 
     @property
+    def mqtt5(self) -> bool:
+        return self.settings.protocol == "5"
+
+    @property
+    def session_present(self) -> bool:
+        """The broker resumed a stored session on the last connect (persistent sessions only)."""
+        return self._session_present
+
+    @property
     def pending_acks(self) -> int:
         return len(self._acks)
 
@@ -187,7 +228,16 @@ class MqttBridge:
         self._connack = loop.create_future()
         self._closed = loop.create_future()
         s = self.settings
-        connecting = loop.run_in_executor(None, client.connect, s.host, s.port, s.keepalive)
+        if self.mqtt5:
+            props = Properties(PacketTypes.CONNECT)
+            # A clean session ends with the connection; a persistent one outlives it by session_expiry.
+            props.SessionExpiryInterval = 0 if s.clean_session else s.session_expiry
+            connect = functools.partial(
+                client.connect, s.host, s.port, s.keepalive, clean_start=s.clean_session, properties=props
+            )
+        else:
+            connect = functools.partial(client.connect, s.host, s.port, s.keepalive)
+        connecting = loop.run_in_executor(None, connect)
         try:
             async with asyncio.timeout(s.connect_timeout):
                 try:
@@ -205,7 +255,8 @@ class MqttBridge:
             raise
         if rc != paho.CONNACK_ACCEPTED:
             self._abandon(client, connecting)
-            tag, message = _CONNACK_REASONS.get(rc, ("refused", f"refused by broker (code {rc})"))
+            reasons = _CONNACK_REASONS_V5 if self.mqtt5 else _CONNACK_REASONS
+            tag, message = reasons.get(rc, ("refused", f"refused by broker (code {rc})"))
             raise ConnectFailed(f"{message} at {s.address}", reason=tag)
         self._connected = True
         self._misc_task = loop.create_task(self._misc_loop(client), name="mqtt-misc")
@@ -229,7 +280,11 @@ class MqttBridge:
 
     def _make_client(self) -> paho.Client:
         s = self.settings
-        client = paho.Client(client_id=s.client_id, clean_session=s.clean_session, protocol=paho.MQTTv311)
+        if self.mqtt5:
+            # paho rejects clean_session for v5: the session is chosen per connect (clean_start).
+            client = paho.Client(client_id=s.client_id, protocol=paho.MQTTv5)
+        else:
+            client = paho.Client(client_id=s.client_id, clean_session=s.clean_session, protocol=paho.MQTTv311)
         # paho has no public setter for the TCP connect timeout in 1.6.1.
         client._connect_timeout = s.connect_timeout
         client.max_inflight_messages_set(0)  # no client-side window: queueing here only adds latency
@@ -304,13 +359,30 @@ class MqttBridge:
     # -- subscribe / publish -------------------------------------------------------------------
 
     async def subscribe(
-        self, topics: str | Sequence[tuple[str, int]], qos: int = 1, timeout: float = 10.0
+        self,
+        topics: str | Sequence[tuple[str, int]],
+        qos: int = 1,
+        timeout: float = 10.0,
+        *,
+        no_local: bool = False,
+        retain_as_published: bool = False,
     ) -> list[int]:
         """Subscribe and wait for SUBACK; returns the granted QoS per topic. A refused topic raises
-        SubscribeFailed."""
+        SubscribeFailed. `no_local` (do not receive our own publications) and `retain_as_published`
+        (keep the publisher's retain flag on live messages) need MQTT 5: asking for them on a 3.1.1
+        connection raises ValueError rather than silently doing without."""
         client = self._require_client()
         wanted = [(topics, qos)] if isinstance(topics, str) else list(topics)
-        rc, mid = client.subscribe(wanted)
+        if no_local or retain_as_published:
+            if not self.mqtt5:
+                raise ValueError("no_local / retain_as_published need MQTT 5 (protocol='5')")
+            options = [
+                (topic, SubscribeOptions(qos=q, noLocal=no_local, retainAsPublished=retain_as_published))
+                for topic, q in wanted
+            ]
+            rc, mid = client.subscribe(options)
+        else:
+            rc, mid = client.subscribe(wanted)
         if rc != paho.MQTT_ERR_SUCCESS or mid is None:
             raise NotConnected(f"cannot subscribe: {paho.error_string(rc)}")
         assert self._loop is not None
@@ -322,7 +394,7 @@ class MqttBridge:
                 granted = await fut
         finally:
             self._subacks.pop(mid, None)
-        refused = [topic for (topic, _), g in zip(wanted, granted, strict=False) if g == 0x80]
+        refused = [topic for (topic, _), g in zip(wanted, granted, strict=False) if g >= 0x80]
         if refused:
             raise SubscribeFailed(f"broker refused subscription to {', '.join(refused)} (not authorised?)")
         return granted
@@ -477,11 +549,14 @@ class MqttBridge:
 
     # -- paho callbacks (all on the loop thread) -----------------------------------------------
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: dict[str, int], rc: int) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: dict[str, int], rc: Any, properties: Any = None
+    ) -> None:
         if client is self._client and self._connack is not None and not self._connack.done():
-            self._connack.set_result(rc)
+            self._session_present = bool(flags.get("session present"))
+            self._connack.set_result(_code(rc))
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, rc: int) -> None:
+    def _on_disconnect(self, client: paho.Client, userdata: Any, rc: Any, properties: Any = None) -> None:
         if client is not self._client:
             return
         if self._closed is not None and not self._closed.done():
@@ -494,6 +569,9 @@ class MqttBridge:
                         reason="closed",
                     )
                 )
+            return
+        if isinstance(rc, ReasonCodes):  # an MQTT 5 DISCONNECT from the broker, with its reason
+            self._lost(client, f"broker closed the connection: {rc.getName()}", rc=-1)
             return
         self._lost(client, _DISCONNECT_REASONS.get(rc, f"disconnected: {paho.error_string(rc)}"), rc=rc)
 
@@ -529,12 +607,14 @@ class MqttBridge:
         if fut is not None and not fut.done():
             fut.set_result(True)
 
-    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int) -> None:
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, *v5: Any) -> None:
         fut = self._subacks.get(mid)
         if fut is not None and not fut.done():
             fut.set_result([])
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, granted: Iterable[int]) -> None:
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, granted: Iterable[Any], properties: Any = None
+    ) -> None:
         fut = self._subacks.get(mid)
         if fut is not None and not fut.done():
-            fut.set_result(list(granted))
+            fut.set_result([_code(g) for g in granted])

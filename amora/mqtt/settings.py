@@ -8,11 +8,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
+DEFAULT_SESSION_EXPIRY = 86_400  # seconds a persistent MQTT 5 session outlives its connection
+
+MqttProtocol = Literal["3.1.1", "5"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,7 +41,11 @@ class MqttSettings:
     password: str | None = field(default=None, repr=False)
     client_id: str = ""  # "" lets the broker pick one (needs clean_session)
     keepalive: int = 30
-    clean_session: bool = True
+    clean_session: bool = True  # MQTT 5: clean_start, and a session that ends with the connection
+    # MQTT 5 only: how long the broker keeps a persistent session (clean_session=False) after the
+    # connection ends. MQTT 3.1.1 sessions last until the broker's own limit.
+    session_expiry: int = DEFAULT_SESSION_EXPIRY
+    protocol: MqttProtocol = "3.1.1"
     will: Will | None = None
     connect_timeout: float = 10.0  # TCP + TLS + CONNACK
 
@@ -55,6 +62,10 @@ class MqttSettings:
             raise ValueError("key_file given without cert_file")
         if self.keepalive < 0:
             raise ValueError("keepalive must be >= 0")
+        if self.protocol not in ("3.1.1", "5"):
+            raise ValueError(f"unsupported MQTT protocol {self.protocol!r} (use '3.1.1' or '5')")
+        if not 0 <= self.session_expiry <= 0xFFFFFFFF:
+            raise ValueError("session_expiry must be 0..4294967295 seconds")
 
     def replace(self, **changes: object) -> MqttSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -226,11 +226,12 @@ async def test_link_up_commands_and_publications(mosquitto: Mosquitto) -> None:
     response = observer.on(f"{BASE}/responses")[0]
     assert json.loads(response.payload) == {"command_id": "c1", "status": "ok"} and response.qos == 1
 
-    # retained flags as a newcomer sees them
+    # retained flags as a newcomer sees them; the link cleared the retained command
     late = await Observer(mosquitto).start(f"{BASE}/+")
-    await until(lambda: len(late.messages) >= 3)
+    await until(lambda: len(late.messages) >= 2)
+    await late.bridge.subscribe("sync/#")  # SUBACK after the retained burst: nothing else is coming
     retained = {m.topic for m in late.messages if m.retain}
-    assert retained == {f"{BASE}/state", f"{BASE}/connection", f"{BASE}/commands"}
+    assert retained == {f"{BASE}/state", f"{BASE}/connection"}
 
     await link.close()
     assert not any(isinstance(e, LinkDown) for e in events)  # a requested close is no link loss
@@ -283,3 +284,111 @@ async def test_link_down_on_clean_broker_stop(mosquitto: Mosquitto) -> None:
     assert isinstance(events[1], LinkDown)
     await asyncio.sleep(0)
     assert len(events) == 2
+
+
+# -- MQTT 5 and retained commands ---------------------------------------------------------------
+
+
+async def test_bridge_mqtt5_options_and_session(mosquitto: Mosquitto) -> None:
+    got: list[paho.MQTTMessage] = []
+    s5 = settings(mosquitto, protocol="5", client_id="v5-bridge", clean_session=False, session_expiry=60)
+    bridge = MqttBridge(s5, on_message=got.append)
+    await bridge.connect()
+    assert not bridge.session_present
+    assert await bridge.subscribe("v5/#", qos=1, retain_as_published=True) == [1]
+    assert await bridge.subscribe("own/#", qos=1, no_local=True) == [1]
+    sender = MqttBridge(settings(mosquitto))  # a 3.1.1 publisher
+    await sender.connect()
+    await sender.publish("v5/live", b"r", qos=1, retain=True)
+    await sender.publish("v5/live", b"n", qos=1)
+    await bridge.publish("own/x", b"mine", qos=1)  # no_local: never comes back
+    await bridge.publish("v5/own", b"seen", qos=1)
+    await until(lambda: len(got) == 3, what="three messages")
+    assert [(m.topic, m.payload, bool(m.retain)) for m in got] == [
+        ("v5/live", b"r", True),  # retain-as-published: a live retained message keeps its flag
+        ("v5/live", b"n", False),
+        ("v5/own", b"seen", False),
+    ]
+    await bridge.disconnect()
+    # the persistent session outlives the connection: a QoS 1 message sent meanwhile is delivered
+    await sender.publish("v5/while-away", b"queued", qos=1)
+    again = MqttBridge(s5, on_message=got.append)
+    await again.connect()
+    assert again.session_present
+    await until(lambda: any(m.payload == b"queued" for m in got), what="message queued while away")
+    await again.disconnect()
+    await sender.publish("v5/live", b"", qos=1, retain=True)
+    await sender.disconnect()
+
+
+async def test_bridge_mqtt311_refuses_v5_subscription_options(mosquitto: Mosquitto) -> None:
+    bridge = MqttBridge(settings(mosquitto))
+    await bridge.connect()
+    with pytest.raises(ValueError, match="MQTT 5"):
+        await bridge.subscribe("x", retain_as_published=True)
+    await bridge.disconnect()
+
+
+async def test_bridge_mqtt5_bad_credentials(mosquitto_auth: Mosquitto) -> None:
+    wrong = f"{AUTH_PASSWORD}-wrong"
+    bridge = MqttBridge(settings(mosquitto_auth, protocol="5", username="amora", password=wrong))
+    with pytest.raises(ConnectFailed) as err:
+        await bridge.connect()
+    assert err.value.reason in ("bad_credentials", "not_authorised")
+    assert wrong not in str(err.value)
+
+
+async def test_bridge_mqtt5_link_lost_on_broker_stop(mosquitto: Mosquitto) -> None:
+    lost: list[str] = []
+    bridge = MqttBridge(settings(mosquitto, protocol="5"), on_connection_lost=lost.append)
+    await bridge.connect()
+    mosquitto.stop()  # a clean stop: an MQTT 5 broker may say why in a DISCONNECT
+    await until(lambda: lost, what="connection lost")
+    assert len(lost) == 1 and not bridge.connected
+
+
+async def test_live_retained_command_is_flagged_and_cleared(mosquitto: Mosquitto) -> None:
+    events: list[Event] = []
+    link = make_link(mosquitto, events, client_id="agent-x", clean_session=False)
+    await link.connect()
+    assert link.settings.protocol == "5"
+    observer = await Observer(mosquitto).start(f"{BASE}/commands")
+    sender = MqttBridge(settings(mosquitto))  # controllers may speak 3.1.1
+    await sender.connect()
+    await sender.publish(f"{BASE}/commands", b'{"command":"play"}', qos=1, retain=True)
+    await until(lambda: len(events) == 2, what="the retained command")
+    assert events[1] == MqttMessage(at=123.0, payload=b'{"command":"play"}', retained=True)
+    # the link deleted it: the observer sees the empty retained message, the link does not (no-local)
+    await until(lambda: [m.payload for m in observer.messages] == [b'{"command":"play"}', b""])
+    await sender.publish(f"{BASE}/commands", b"live", qos=1)
+    await until(lambda: len(events) == 3, what="a live command")
+    assert events[2] == MqttMessage(at=123.0, payload=b"live", retained=False)
+    # someone else deleting a retained command is not a command either
+    await sender.publish(f"{BASE}/commands", b"", qos=1, retain=True)
+    await sender.publish(f"{BASE}/commands", b"after", qos=1)
+    await until(lambda: len(events) == 4)
+    assert events[3].payload == b"after"  # type: ignore[attr-defined]
+    # a newcomer finds nothing retained on the commands topic
+    late = await Observer(mosquitto).start(f"{BASE}/commands")
+    await late.bridge.subscribe("sync/#")
+    assert late.messages == []
+    await link.close()
+    await sender.disconnect()
+
+
+async def test_commands_sent_while_away_arrive_after_reconnect(mosquitto: Mosquitto) -> None:
+    events: list[Event] = []
+    link = make_link(mosquitto, events, client_id="agent-away", clean_session=False)
+    await link.connect()
+    await link.close()
+    sender = MqttBridge(settings(mosquitto))
+    await sender.connect()
+    await sender.publish(f"{BASE}/commands", b"while-away", qos=1)
+    await link.connect()
+    assert link.bridge.session_present
+    await until(lambda: any(isinstance(e, MqttMessage) for e in events), what="the queued command")
+    assert [e for e in events if isinstance(e, MqttMessage)] == [
+        MqttMessage(at=123.0, payload=b"while-away", retained=False)
+    ]
+    await link.close()
+    await sender.disconnect()
