@@ -42,7 +42,10 @@ def core_settings(config: Config) -> CoreSettings:
         max_command_age=config.broker.max_command_age,
         dedupe_window=config.broker.dedupe_window,
         backoff=backoff,
-        iothub_configured=False,  # the IoT Hub adapter arrives with its own issue
+        iothub_configured=config.iot is not None,
+        enable_device_twin=config.iot.enable_device_twin if config.iot is not None else False,
+        enable_direct_methods=config.iot.enable_direct_methods if config.iot is not None else False,
+        telemetry_interval=config.iot.telemetry_interval if config.iot is not None else 0.0,
         sync_configured=False,
         reboot_command=tuple(config.system.reboot_command),
         reboot_guard_seconds=config.system.reboot_guard_seconds,
@@ -112,6 +115,10 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
         host=config.mpd.host, port=config.mpd.port, password=config.mpd.password, timeout=config.mpd.timeout
     )
     runtime.attach("mpd", MpdLink(mpd_settings, emit=runtime.emit))
+    if config.iot is not None:
+        from amora.adapters.iothub import IotHubLink, IotHubSettings
+
+        runtime.attach("iothub", IotHubLink(IotHubSettings.from_config(config.iot), emit=runtime.emit))
 
     async def do_reboot(args: dict[str, Any]) -> tuple[bool, Any, str]:
         mqtt = runtime.mqtt

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.mpd_server",
     "tests.fixtures.mosquitto",
     "tests.fixtures.agent",
+    "tests.fixtures.iothub",
 ]

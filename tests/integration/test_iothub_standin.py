@@ -15,7 +15,6 @@ import pytest
 from tools.iothub_standin import LocalHub
 from tools.stack.proc import spawn, stop
 
-pytest_plugins = ["tests.fixtures.iothub"]
 pytestmark = pytest.mark.services
 
 # Retries every second instead of every 10 s, so reconnect tests stay short.
