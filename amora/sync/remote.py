@@ -16,12 +16,12 @@ import datetime as dt
 import http.client
 import random
 import socket
-import ssl
 import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 API_VERSION = "2021-12-02"
 LIST_PAGE = 5000
@@ -120,7 +120,11 @@ class Connection:
         self.tuning = tuning
         self.stop = stop
         self._conn: http.client.HTTPConnection | None = None
-        self._ssl = ssl.create_default_context() if ep.scheme == "https" else None
+        self._ssl: Any = None
+        if ep.scheme == "https":
+            import ssl  # only for https: it costs start-up time and memory
+
+            self._ssl = ssl.create_default_context()
 
     def _connect(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
@@ -191,8 +195,8 @@ def _describe_exc(exc: BaseException) -> str:
         return "connection reset"
     if isinstance(exc, socket.gaierror):
         return "host name not resolved"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error ({exc.reason})"
+    if type(exc).__module__ == "ssl":
+        return f"TLS error ({getattr(exc, 'reason', None) or type(exc).__name__})"
     return type(exc).__name__
 
 

@@ -1,0 +1,228 @@
+"""Content sync benchmark: the agent's sync vs `rclone sync`, same Azurite data, same run.
+
+    python -m tools.bench.sync_vs_rclone [--with-10k] [--repeat 3] [--concurrency 8]
+
+Scenarios: cold sync of 1,000 blobs; no-change re-sync of 1,000; 10 changed + 10 deleted; with
+--with-10k also cold and no-change of 10,000 (seeding them takes ~1.5 min). Each side runs as its
+own process (the agent's via `--agent-run`, importing only amora.sync), so wall time includes
+process start for both, and peak RSS (GNU time's %M) is that process's alone. Blobs are
+1-10 KB, in 40x5 folders, like a music library's layout with tiny files (the per-file cost is what
+differs between clients; bytes cost the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.stack import azurite as stack
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Run:
+    wall: float
+    rss_mb: float
+    inner: float | None = None  # the agent's own measured run_sync duration
+    detail: str = ""
+
+
+def measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[Run, bytes]:
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    out, err = p.communicate()
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({p.returncode}): {err.decode(errors='replace')[-2000:]}")
+    return Run(wall=wall, rss_mb=0.0), out + b"\n" + err
+
+
+def agent_run(url: str, dest: Path, concurrency: int) -> Run:
+    argv = [
+        sys.executable,
+        "-m",
+        "tools.bench.sync_vs_rclone",
+        "--agent-run",
+        url,
+        str(dest),
+        str(concurrency),
+    ]
+    run, out = measure(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *argv])
+    report = json.loads(next(line for line in out.decode().splitlines() if line.startswith("{")))
+    if not report["ok"]:
+        raise RuntimeError(f"agent sync failed: {report['error']}")
+    run.rss_mb = _maxrss(out)
+    run.inner = report["duration"]
+    run.detail = f"dl={report['downloaded']} rm={report['removed']} same={report['unchanged']}"
+    return run
+
+
+def rclone_run(cfg: Path, dest: Path, concurrency: int, *, fast_list: bool = False) -> Run:
+    argv = ["rclone", "--config", str(cfg), "sync", "az:bench", str(dest)]
+    argv += ["--transfers", str(concurrency), "--checkers", str(concurrency)]
+    if fast_list:
+        argv.append("--fast-list")
+    run, out = measure(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *argv])
+    run.rss_mb = _maxrss(out)
+    return run
+
+
+def _maxrss(out: bytes) -> float:
+    for line in out.decode(errors="replace").splitlines():
+        if line.startswith("MAXRSS_KB="):
+            return int(line.split("=", 1)[1]) / 1024
+    return float("nan")
+
+
+async def _agent_main(url: str, dest: Path, concurrency: int) -> None:
+    from amora.sync import SyncSource, SyncTargets, SyncTuning, run_sync
+
+    targets = SyncTargets(
+        music_dir=dest / "music",
+        playlists_dir=dest / "music" / "playlists",
+        manifest_path=dest / "state" / "manifest.json",
+        min_free_bytes=0,
+    )
+    out = await run_sync(SyncSource(container_url=url), targets, tuning=SyncTuning(concurrency=concurrency))
+    report = {k: getattr(out, k) for k in ("ok", "error", "downloaded", "removed", "unchanged", "duration")}
+    print(json.dumps(report), flush=True)
+
+
+def blob_set(start: int, stop: int) -> list[tuple[str, bytes]]:
+    rnd = random.Random(start)
+    return [
+        (f"artist{i % 40:02d}/album{i % 5}/track{i:05d}.mp3", rnd.randbytes(rnd.randint(1024, 10240)))
+        for i in range(start, stop)
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agent-run", nargs=3, metavar=("URL", "DEST", "CONCURRENCY"), help=argparse.SUPPRESS)
+    ap.add_argument("--with-10k", action="store_true", help="also run the 10,000-blob cases")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per case (median shown; cold 10k runs once)")
+    ap.add_argument(
+        "--concurrency", type=int, default=8, help="agent concurrency = rclone --transfers/--checkers"
+    )
+    args = ap.parse_args()
+    if args.agent_run:
+        url, dest, conc = args.agent_run
+        asyncio.run(_agent_main(url, Path(dest), int(conc)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="sync-bench-"))
+    az = stack.start(log=work / "azurite.log")
+    rows: list[tuple[str, Run, Run, Run | None]] = []
+    try:
+        az.create_container("bench")
+        rw = az.container_sas_url("bench", permissions="racwdl")
+        ro = az.container_sas_url("bench", permissions="rl")
+        cfg = work / "rclone.conf"
+        cfg.write_text(
+            "[az]\ntype = azureblob\nuse_emulator = true\n"
+            f"account = {stack.ACCOUNT}\nkey = {stack.ACCOUNT_KEY}\nendpoint = {az.blob_endpoint}\n"
+        )
+        t = time.perf_counter()
+        stack.seed(rw, blob_set(0, 1000), threads=8)
+        print(f"seeded 1,000 blobs in {time.perf_counter() - t:.1f} s", flush=True)
+        c = args.concurrency
+
+        dirs = {"agent": work / "agent", "rclone": work / "rclone", "fast": work / "rclone-fast"}
+
+        def one(which: str) -> Run:
+            if which == "agent":
+                return agent_run(ro, dirs["agent"], c)
+            return rclone_run(cfg, dirs[which], c, fast_list=which == "fast")
+
+        def pair(label: str, repeat: int, prepare: Callable[[int], None] | None = None) -> None:
+            runs: dict[str, list[Run]] = {k: [] for k in dirs}
+            for i in range(repeat):
+                if prepare is not None:
+                    prepare(i)
+                # Alternate who goes first: Azurite (node) keeps warming its JIT and caches, and the
+                # first client after a change pays for some of Azurite's work.
+                order = ["agent", "rclone", "fast"] if i % 2 == 0 else ["fast", "rclone", "agent"]
+                for which in order:
+                    runs[which].append(one(which))
+            rows.append((label, _median(runs["agent"]), _median(runs["rclone"]), _median(runs["fast"])))
+            _print_row(rows[-1])
+
+        def wipe(_: int) -> None:
+            for d in dirs.values():
+                shutil.rmtree(d, ignore_errors=True)
+
+        def mutate(i: int) -> None:
+            # a fresh set of 10 changed + 10 deleted blobs per round
+            base = 100 + 20 * i
+            stack.seed(rw, [(n, b"changed " + d) for n, d in blob_set(base, base + 10)])
+            stack.delete_many(rw, [n for n, _ in blob_set(base + 10, base + 20)])
+
+        # Warm-up: throwaway cold syncs, so that neither side pays for Azurite's JIT warm-up.
+        pair("(warm-up, not a result)", 2, wipe)
+        rows.clear()
+        _print_header()
+        pair("cold, 1,000 blobs", args.repeat, wipe)
+        pair("no change, 1,000 blobs", args.repeat)
+        pair("10 changed + 10 deleted (1,000)", args.repeat, mutate)
+        _check_same(dirs["agent"] / "music", dirs["rclone"])
+        if args.with_10k:
+            t = time.perf_counter()
+            stack.seed(rw, blob_set(1000, 10000), threads=8)
+            print(f"seeded 9,000 more blobs in {time.perf_counter() - t:.1f} s", flush=True)
+            pair("cold, the 9,000 new (10,000 total)", 1)
+            pair("no change, 10,000 blobs", args.repeat)
+            _check_same(dirs["agent"] / "music", dirs["rclone"])
+    finally:
+        az.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print("\nratio = agent wall / rclone wall (lower is better for the agent); RSS = peak resident set")
+    print("agent wall includes Python start-up; 'inner' is run_sync's own duration inside the agent")
+
+
+def _median(runs: list[Run]) -> Run:
+    runs = sorted(runs, key=lambda r: r.wall)
+    return runs[len(runs) // 2]
+
+
+def _print_header() -> None:
+    head = f"{'scenario':34} {'agent s':>8} {'(inner)':>8} {'rclone s':>8} {'ratio':>6}"
+    head += f" {'fast-list':>9} {'ratio':>6}"
+    head += f" {'agent MB':>8} {'rclone MB':>9} {'fl MB':>6}"
+    print(head)
+    print("-" * len(head))
+
+
+def _print_row(row: tuple[str, Run, Run, Run | None]) -> None:
+    label, a, r, rf = row
+    assert rf is not None
+    print(
+        f"{label:34} {a.wall:8.2f} {a.inner or 0:8.2f} {r.wall:8.2f} {a.wall / r.wall:6.2f} {rf.wall:9.2f} "
+        f"{a.wall / rf.wall:6.2f} {a.rss_mb:8.1f} {r.rss_mb:9.1f} {rf.rss_mb:6.1f}   {a.detail}",
+        flush=True,
+    )
+
+
+def _check_same(a: Path, b: Path) -> None:
+    def tree(root: Path) -> dict[str, int]:
+        return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+    ta, tb = tree(a), tree(b)
+    if ta != tb:
+        raise SystemExit(f"agent and rclone trees differ: {len(ta)} vs {len(tb)} files")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    main()
