@@ -114,6 +114,8 @@ class CoreSettings:
     enable_direct_methods: bool = True
     telemetry_interval: float = 60.0
     min_report_interval: float = 1.0  # reported patches are coalesced to at most one per interval
+    sync_enabled: bool = False  # periodic sync (desired content.sync_enabled overrides it)
+    sync_interval: float = 3600.0  # seconds between periodic syncs; 0 = only at start and on request
     startup_volume: int | None = None
     audio_backend: str = "pipewire"
     audio_device: str = "default"
@@ -122,7 +124,8 @@ class CoreSettings:
 
 @dataclass(slots=True)
 class Request:
-    transport: fx.Transport | Literal["desired"]
+    # "desired": a desired property applied through its command; "internal": the agent's own timers
+    transport: fx.Transport | Literal["desired", "internal"]
     request_id: str  # the direct method's rid; the property path for a desired property; "" for MQTT
     command_id: str | None
     command: str | None
@@ -188,6 +191,9 @@ class _ChartModel:
     def finish_sync(self, event: NestedEventData) -> None:
         self._core.mark_dirty()
 
+    def report_sync_busy(self, event: NestedEventData) -> None:
+        self._core.report_sync_busy(event.kwargs["request"])
+
     def start_reboot(self, event: NestedEventData) -> None:
         self._core.start_reboot(event.kwargs["request"])
 
@@ -247,10 +253,14 @@ class AgentCore:
         self.desired: dict[tuple[str, ...], Any] = {}  # what the cloud asked for, by path
         self.acks: dict[tuple[str, ...], dict[str, Any]] = {}
         self.default_playlist: str | None = None
-        self.sync_enabled: bool | None = None
+        self.sync_enabled_override: bool | None = None  # desired content.sync_enabled
         self._reported: dict[str, Any] | None = None  # what the hub was last sent
         self._last_report_at: float | None = None
         self._report_timer = False
+        self._operations: dict[int, str] = {}  # op_id -> operation, for OperationDone
+        self.sync_last_success: float | None = None
+        self._sync_timer = False
+        self._sync_started_once = False
 
     # ------------------------------------------------------------------ public API
 
@@ -333,8 +343,15 @@ class AgentCore:
             case OperationDone():
                 self._on_operation_done(event)
             case SyncProgress():
-                self.sync_status = dict(event.progress)
-                self._dirty = True
+                if self.player_state() == "syncing":
+                    previous = self.sync_status or {}
+                    keep = {
+                        k: previous[k]
+                        for k in ("op_id", "force", "started_at", "trigger", "last_success")
+                        if k in previous
+                    }
+                    self.sync_status = {**keep, **event.progress}
+                    self._dirty = True
             case DesiredPatch():
                 self._on_desired(event)
             case _:
@@ -346,6 +363,7 @@ class AgentCore:
         self.rng = random.Random(event.seed)
         self.free_space = event.free_space
         self.rebooted_on_request = event.rebooted_on_request
+        self.sync_last_success = event.sync_last_success
         if event.rebooted_on_request:
             self.emit(fx.Log("info", "came back from a requested reboot"))
         for link in LINKS:
@@ -385,6 +403,8 @@ class AgentCore:
             if self.link_state("iothub") == "online":
                 self.emit(fx.SendTelemetry(body=self.telemetry()))
                 self.emit(fx.StartTimer(name="telemetry", delay=self.settings.telemetry_interval))
+        elif event.name == "sync":
+            self._sync_timer_fired()
         elif event.name == "report":
             self._report_timer = False
             self._dirty = True
@@ -419,6 +439,9 @@ class AgentCore:
         elif link == "mpd":
             self.emit(fx.Log("info", "MPD connected"))
             self._retry_desired()
+            if not self._sync_started_once:
+                self._sync_started_once = True
+                self._arm_sync_timer(0.0)  # sync at start, once MPD can index what arrives
             if self.settings.startup_volume is not None and not self._startup_volume_applied:
                 self._startup_volume_applied = True
                 call_id = self._new_id()
@@ -585,14 +608,97 @@ class AgentCore:
 
     def start_sync(self, request: Request) -> None:
         op_id = self._new_id()
-        self.sync_status = {"phase": "starting", "op_id": op_id}
+        force = bool(request.params.get("force", False))
+        self._operations[op_id] = "sync"
+        self.sync_status = {
+            "phase": "starting",
+            "op_id": op_id,
+            "force": force,
+            "started_at": self.now,
+            "trigger": "timer" if request.transport == "internal" else "request",
+            "last_success": self.sync_last_success,
+        }
         self._dirty = True
         self._respond_ok(request, {"accepted": True, "op_id": op_id})
-        self.emit(
-            fx.StartOperation(
-                op_id=op_id, operation="sync", args={"force": request.params.get("force", False)}
-            )
+        self.emit(fx.StartOperation(op_id=op_id, operation="sync", args={"force": force}))
+
+    def report_sync_busy(self, request: Request) -> None:
+        running = (self.sync_status or {}).get("op_id")
+        self._respond_error(request, "busy", f"a content sync is already running (op_id {running})")
+
+    def sync_enabled(self) -> bool:
+        enabled = self.sync_enabled_override
+        return self.settings.sync_enabled if enabled is None else enabled
+
+    def _arm_sync_timer(self, delay: float | None = None) -> None:
+        if not self.settings.sync_configured or not self.sync_enabled() or self._sync_timer:
+            return
+        if delay is None:
+            if self.settings.sync_interval <= 0:
+                return
+            delay = self.settings.sync_interval
+        self._sync_timer = True
+        self.emit(fx.StartTimer(name="sync", delay=delay))
+
+    def _sync_timer_fired(self) -> None:
+        self._sync_timer = False
+        if not self.sync_enabled():
+            return
+        if self.player_state() == "syncing":
+            return
+        request = Request(
+            transport="internal",
+            request_id="sync",
+            command_id=None,
+            command="syncContent",
+            params={},
+            at=self.now,
         )
+        self._run_request(request, params_pointer="")
+
+    def _sync_done(self, event: OperationDone) -> None:
+        result = event.result if isinstance(event.result, dict) else {}
+        if event.ok:
+            self.sync_last_success = self.now
+        previous = self.sync_status or {}
+        self.sync_status = {
+            "phase": "done",
+            "ok": event.ok,
+            "error": event.error or None,
+            "op_id": event.op_id,
+            "started_at": previous.get("started_at"),
+            "finished_at": self.now,
+            "last_success": self.sync_last_success,
+            **{
+                k: result[k]
+                for k in (
+                    "downloaded",
+                    "removed",
+                    "unchanged",
+                    "skipped",
+                    "bytes",
+                    "duration",
+                    "changed",
+                    "files_total",
+                )
+                if k in result
+            },
+        }
+        self._dirty = True
+        if self.player_state() == "syncing":
+            self._try_fire("sync_finished")
+        if (
+            event.ok
+            and result.get("changed")
+            and self.default_playlist
+            and self.picture.playback == "stopped"
+            and self.link_state("mpd") == "online"
+        ):
+            # new content and an idle player: have the default playlist ready (not playing)
+            call_id = self._new_id()
+            self._pending[call_id] = _Pending("startup", None)
+            self.emit(fx.MpdCall(call_id=call_id, ops=[["clear"], ["load", self.default_playlist]]))
+        self._arm_sync_timer()
 
     def reboot_allowed(self, request: Request) -> bool:
         if request.params.get("force"):
@@ -603,9 +709,11 @@ class AgentCore:
     def start_reboot(self, request: Request) -> None:
         self._respond_ok(request, {"rebooting": True})
         self._publish_state(force=True)
+        op_id = self._new_id()
+        self._operations[op_id] = "reboot"
         self.emit(
             fx.StartOperation(
-                op_id=self._new_id(),
+                op_id=op_id,
                 operation="reboot",
                 args={"command": list(self.settings.reboot_command), "command_id": request.command_id},
             )
@@ -671,22 +779,16 @@ class AgentCore:
     # ------------------------------------------------------------------ operations
 
     def _on_operation_done(self, event: OperationDone) -> None:
-        if self.player_state() == "rebooting":
+        operation = self._operations.pop(event.op_id, None)
+        if operation == "sync":
+            self._sync_done(event)
+            return
+        if operation == "reboot" and self.player_state() == "rebooting":
             if event.ok:
                 # the command was accepted; if the device is still here much later, say so
                 self.emit(fx.StartTimer(name="reboot_overdue", delay=self.settings.reboot_overdue_seconds))
             else:
                 self._reboot_did_not_happen(f"reboot failed: {event.error}")
-            return
-        if self.player_state() == "syncing":
-            self.sync_status = {
-                "phase": "done",
-                "ok": event.ok,
-                "error": event.error or None,
-                "result": event.result,
-            }
-            self._try_fire("sync_finished")
-            self._dirty = True
 
     # ------------------------------------------------------------------ responses
 
@@ -732,6 +834,12 @@ class AgentCore:
     def _deliver(self, request: Request, status: int, body: dict[str, Any]) -> None:
         if request.transport == "desired":
             self._ack_from_response(request, status, body)
+            return
+        if request.transport == "internal":
+            if body["status"] != "ok":
+                self.emit(
+                    fx.Log("info", f"{request.command} ({request.request_id}): {body['error']['message']}")
+                )
             return
         effect = fx.Respond(
             transport=request.transport, request_id=request.request_id, status=status, body=body
@@ -784,7 +892,7 @@ class AgentCore:
             if path == ("content", "default_playlist"):
                 self.default_playlist = None
             elif path == ("content", "sync_enabled"):
-                self.sync_enabled = None
+                self.sync_enabled_override = None
             return
         issues = schemas.issues("desired", value, "/properties/" + "/properties/".join(path))
         if issues:
@@ -795,7 +903,8 @@ class AgentCore:
             self.default_playlist = value
             self.acks[path] = twin.ack(value, twin.AC_APPLIED, version, "stored")
         elif path == ("content", "sync_enabled"):
-            self.sync_enabled = value
+            self.sync_enabled_override = value
+            self._arm_sync_timer(0.0 if value else None)
             note = "stored" if self.settings.sync_configured else "stored; content sync is not configured"
             self.acks[path] = twin.ack(value, twin.AC_APPLIED, version, note)
         elif path == ("audio", "device") and value == "default":
@@ -872,7 +981,7 @@ class AgentCore:
             "content": {
                 "current_playlist": picture.loaded_playlist,
                 "default_playlist": self.default_playlist,
-                "sync_enabled": self.sync_enabled,
+                "sync_enabled": self.sync_enabled(),
                 "sync": self.sync_status,
             },
             "player": self.player_state(),

@@ -36,6 +36,7 @@ class Started(Event):
     version: str = ""
     free_space: int | None = None  # bytes free under content.storage_path
     rebooted_on_request: bool = False  # the previous run ended in a requested reboot
+    sync_last_success: float | None = None  # when content sync last succeeded (from its manifest)
 
 
 @dataclass(frozen=True, slots=True)
