@@ -345,7 +345,7 @@ class AgentCore:
             case SyncProgress():
                 if self.player_state() == "syncing":
                     previous = self.sync_status or {}
-                    keep = {
+                    keep: dict[str, Any] = {
                         k: previous[k]
                         for k in ("op_id", "force", "started_at", "trigger", "last_success")
                         if k in previous

@@ -90,7 +90,7 @@ def test_new_content_loads_the_default_playlist_when_idle() -> None:
 def test_periodic_sync_when_enabled() -> None:
     h = Harness(sync_configured=True, sync_enabled=True, sync_interval=600)
     h.start()
-    timer = [t for t in h.only(h.effects, fx.StartTimer) if t.name == "sync"][0]
+    timer = next(t for t in h.only(h.effects, fx.StartTimer) if t.name == "sync")
     assert timer.delay == 0.0  # at start, once MPD is there
     out = h.feed(TimerFired(at=h.tick(), name="sync"))
     op = h.only(out, fx.StartOperation)[0]
