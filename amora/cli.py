@@ -93,7 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--all", action="store_true", help="include devices that are offline")
     _common(devices)
 
-    sync = sub.add_parser("sync", help="content sync (not implemented yet)")
+    sync = sub.add_parser("sync", help="start a content sync, show its progress and outcome")
+    sync.add_argument("--force", action="store_true", help="re-verify every file")
+    sync.add_argument(
+        "--wait",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long to follow the sync before giving up (exit 3)",
+    )
     _common(sync)
     return parser
 
@@ -286,12 +294,69 @@ async def _devices(args: argparse.Namespace, settings: MqttSettings, prefix: str
     return EXIT_OK
 
 
+def progress_line(sync: dict[str, Any], width: int = 30) -> str:
+    """One line for a terminal: phase, a bar over bytes (or files), counts."""
+    phase = str(sync.get("phase", "?"))
+    done, total = sync.get("bytes_done") or 0, sync.get("bytes_total") or 0
+    if not total:
+        done, total = sync.get("files_done") or 0, sync.get("files_total") or 0
+    fraction = min(1.0, done / total) if total else 0.0
+    bar = "#" * int(fraction * width) + "-" * (width - int(fraction * width))
+    files = f"{sync.get('files_done', 0)}/{sync.get('files_total', '?')} files"
+    return f"{phase:<12} [{bar}] {fraction * 100:5.1f}%  {files}"
+
+
+def outcome_line(sync: dict[str, Any]) -> str:
+    if sync.get("ok"):
+        counts = ", ".join(
+            f"{k} {sync[k]}" for k in ("downloaded", "removed", "unchanged", "skipped") if k in sync
+        )
+        took = f" in {sync['duration']:.1f} s" if isinstance(sync.get("duration"), int | float) else ""
+        return f"sync succeeded{took}: {counts}" if counts else f"sync succeeded{took}"
+    return f"sync failed: {sync.get('error') or 'unknown error'}"
+
+
+async def _sync(args: argparse.Namespace, settings: MqttSettings, device: str, prefix: str) -> int:
+    params = {"force": True} if args.force else {}
+    async with AmoraClient(settings, topic_prefix=prefix, timeout=args.timeout) as client:
+        updates = client.watch(device, connection=False)
+        try:
+            response = await client.send(device, "syncContent", params, check=False)
+        except CommandTimeout as exc:
+            print(f"amora: {exc}", file=sys.stderr)
+            return EXIT_TIMEOUT
+        if not response.ok:
+            if args.json:
+                _emit_json(response.raw)
+            print(f"amora: {CommandFailed(response)}", file=sys.stderr)
+            return EXIT_FAILED
+        op_id = (response.result or {}).get("op_id")
+        interactive = sys.stderr.isatty() and not args.json
+        try:
+            async with asyncio.timeout(args.wait):
+                async for update in updates:
+                    sync = (update.state or {}).get("sync") or {}
+                    if sync.get("op_id") != op_id:
+                        continue
+                    if sync.get("phase") == "done":
+                        if interactive:
+                            print(file=sys.stderr)
+                        if args.json:
+                            _emit_json(sync)
+                        else:
+                            print(outcome_line(sync))
+                        return EXIT_OK if sync.get("ok") else EXIT_FAILED
+                    if interactive:
+                        print("\r" + progress_line(sync), end="", file=sys.stderr, flush=True)
+        except TimeoutError:
+            print(f"amora: sync {op_id} still running after {args.wait:g} s", file=sys.stderr)
+            return EXIT_TIMEOUT
+    return EXIT_FAILED
+
+
 async def run(args: argparse.Namespace) -> int:
     settings, device, prefix = resolve(args)
-    if args.action == "sync":
-        print("amora: sync is not implemented yet", file=sys.stderr)
-        return EXIT_FAILED
-    if args.action in ("send", "state") and not device:
+    if args.action in ("send", "state", "sync") and not device:
         raise UsageError("no device: pass --device or --config with a device id")
     if args.action == "send":
         assert device is not None
@@ -301,6 +366,9 @@ async def run(args: argparse.Namespace) -> int:
     if args.action == "state":
         assert device is not None
         return await _state(args, settings, device, prefix)
+    if args.action == "sync":
+        assert device is not None
+        return await _sync(args, settings, device, prefix)
     return await _devices(args, settings, prefix)
 
 
