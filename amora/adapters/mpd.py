@@ -1,32 +1,37 @@
 """The agent's link to MPD (asyncio).
 
-Two connections:
-- the command connection (python-mpd2's asyncio client) runs `MpdCall` ops strictly in the order
-  `call()` was invoked, each bounded by `settings.timeout`;
-- the idle connection speaks the protocol directly: `idle <subsystems>` and, after each wake-up, one
-  command list that re-reads what changed and re-enters idle in the same write. python-mpd2's idle
-  iterator waits IMMEDIATE_COMMAND_TIMEOUT (0.1 s) before re-entering idle, which would make the
-  second event of a burst ~100 ms late; this path has no timer at all.
+Two connections, both speaking the protocol directly (python-mpd2 only lends its exceptions and its
+per-command answer parsers, so results look exactly as python-mpd2 returns them):
+- the command connection: each `MpdCall` is written at once, in `call()`, as ONE command list
+  (`command_list_ok_begin ... command_list_end`), so a command and its trailing `status` cost one
+  round trip; calls are pipelined (MPD answers a connection's requests in order) and each answer
+  is parsed and emitted straight from the protocol's `data_received`, with no queue or task hop.
+  MPD stops a command list at the first failing command, which keeps "stop at the first error";
+- the idle connection: `idle <subsystems>` and, after each wake-up, one command list that re-reads
+  what changed and re-enters idle in the same write. python-mpd2's idle iterator waits
+  IMMEDIATE_COMMAND_TIMEOUT (0.1 s) before re-entering idle, which would make the second event of
+  a burst ~100 ms late; this path has no timer at all.
 
-Failure handling follows /work/shared/notes/mpd.md: every command is awaited as
-`wait_for(shield(...))` (cancelling a python-mpd2 command can hang the others forever), and any
-timeout or connection error tears both connections down, fails the pending calls with
-`connection_lost` and emits one `LinkDown`. Reconnecting is the core's decision (`connect()`).
+Failure handling follows /work/shared/notes/mpd.md: every request has a `settings.timeout`
+deadline, and any timeout or connection error tears both connections down, fails the pending
+calls with `connection_lost` and emits one `LinkDown`. Reconnecting is the core's decision
+(`connect()`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import mpd
-import mpd.asyncio
 
 from amora.core.effects import MpdCall
 from amora.core.events import Event, LinkDown, LinkUp, MpdResult, MpdSnapshot
@@ -66,18 +71,33 @@ _DELIMITERS: dict[str, tuple[str, ...]] = {"outputs": ("outputid",), "playlists"
 # Commands that would break the link's own bookkeeping (or the server) are not callable as ops.
 _FORBIDDEN = frozenset({"idle", "noidle", "close", "kill", "password"})
 
+Parser = Callable[[Any, list[str]], Any]
 
-def _python_mpd2_commands() -> frozenset[str]:
-    names: set[str] = set()
-    for klass in mpd.asyncio.MPDClient.__mro__:
+
+def _python_mpd2_commands() -> dict[str, tuple[str, Parser]]:
+    """python-mpd2 method name -> (command as sent, python-mpd2's parser of its answer). Commands
+    with binary answers (albumart, readpicture) are left out: the command connection reads text."""
+    table: dict[str, tuple[str, Parser]] = {}
+    for klass in reversed(mpd.MPDClient.__mro__):
         for value in vars(klass).values():
             commands = getattr(value, "mpd_commands", None)
-            if commands:
-                names.update(c.replace(" ", "_") for c in commands)
-    return frozenset(names - _FORBIDDEN)
+            if not commands or getattr(value, "mpd_commands_binary", False):
+                continue
+            for command in commands:
+                name = command.replace(" ", "_")
+                if name not in _FORBIDDEN:
+                    table[name] = (command, value)
+    return table
 
 
-COMMANDS: frozenset[str] = _python_mpd2_commands()
+_COMMAND_TABLE = _python_mpd2_commands()
+COMMANDS: frozenset[str] = frozenset(_COMMAND_TABLE)
+# python-mpd2's parsers are methods that only use other parsing methods: an unconnected sync client
+# is all the `self` they need.
+_PARSER = mpd.MPDClient()
+_SNAPSHOT_COMMANDS = ("status", "currentsong", "outputs", "listplaylists")
+
+log = logging.getLogger("amora.adapters.mpd")
 
 _LINK_ERRORS = (mpd.ConnectionError, mpd.ProtocolError, OSError, asyncio.TimeoutError)
 
@@ -92,10 +112,6 @@ class MpdSettings:
     @property
     def is_unix(self) -> bool:
         return self.host.startswith(("/", "@"))
-
-
-class _LinkFailed(Exception):
-    """Internal: the link went down while a task was using it (already reported)."""
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
@@ -115,14 +131,18 @@ def _quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _op_arg(value: Any) -> Any:
-    """JSON-ish op argument -> what python-mpd2 writes correctly."""
+def _op_arg(value: Any) -> str:
+    """JSON-ish op argument -> its protocol form, as python-mpd2 would write it."""
     if isinstance(value, bool):  # before int: MPD wants 0/1, str(True) is "True"
-        return "1" if value else "0"
+        return '"1"' if value else '"0"'
     if isinstance(value, int | float | str):
-        return value
+        text = str(value)
+        if "\n" in text or "\r" in text:
+            raise ValueError("line breaks are not allowed in arguments")
+        return _quote(text)
     if isinstance(value, list | tuple) and len(value) <= 2 and all(isinstance(v, int) for v in value):
-        return tuple(value)  # python-mpd2 writes a tuple as a range "START:END"
+        # a range START:END (python-mpd2 writes a tuple this way)
+        return '"' + ":".join(str(int(v)) for v in value) + (":" if len(value) < 2 else "") + '"'
     raise ValueError(f"unsupported argument {value!r}")
 
 
@@ -235,6 +255,194 @@ class _IdleConnection:
             self._writer.close()
 
 
+Done = Callable[[list[list[str]] | None, str], None]
+
+
+class _Request:
+    """One request on the command connection. `done(parts, error)`: `parts` holds the answer lines
+    of each command that completed (None when the connection was lost), `error` MPD's ACK text
+    (or the reason the connection was lost), "" on success."""
+
+    __slots__ = ("done", "listed", "parts", "timer")
+
+    def __init__(self, done: Done, listed: bool, timer: asyncio.TimerHandle | None) -> None:
+        self.done = done
+        self.listed = listed
+        self.parts: list[list[str]] = [[]]
+        self.timer = timer
+
+
+class _CommandConnection(asyncio.Protocol):
+    """The command connection: requests are written at once and answered in order, each answer
+    handed to its request's callback straight from `data_received`."""
+
+    def __init__(self, on_lost: Callable[[str], None]) -> None:
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._pending: collections.deque[_Request | Callable[[], None]] = collections.deque()
+        self._closing = False
+        self.greeting: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(cls, settings: MpdSettings, on_lost: Callable[[str], None]) -> _CommandConnection:
+        loop = asyncio.get_running_loop()
+        if settings.is_unix:
+            path = "\0" + settings.host[1:] if settings.host.startswith("@") else settings.host
+            _, conn = await loop.create_unix_connection(lambda: cls(on_lost), path)
+        else:
+            _, conn = await loop.create_connection(lambda: cls(on_lost), settings.host, settings.port)
+        try:
+            await conn.greeting
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- requests --------------------------------------------------------------------------------
+    def request(self, commands: list[str], done: Done, timer: asyncio.TimerHandle | None = None) -> None:
+        """Send `commands` as one command list (a single command goes bare) and queue `done`."""
+        assert self._transport is not None
+        listed = len(commands) != 1
+        if listed:
+            text = "command_list_ok_begin\n" + "\n".join(commands) + "\ncommand_list_end\n"
+        else:
+            text = commands[0] + "\n"
+        self._pending.append(_Request(done, listed, timer))
+        self._transport.write(text.encode("utf-8"))
+
+    def after_pending(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once every request sent so far is answered (at once if none is pending), so
+        results that need no round trip still come out in call order."""
+        if self._pending:
+            self._pending.append(fn)
+        else:
+            fn()
+
+    def fail_all(self, reason: str) -> None:
+        pending, self._pending = self._pending, collections.deque()
+        for item in pending:
+            if isinstance(item, _Request):
+                if item.timer is not None:
+                    item.timer.cancel()
+                item.done(None, reason)
+            else:
+                item()
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        if b"\n" not in buffer:
+            self._buffer = buffer
+            return
+        *lines, self._buffer = buffer.split(b"\n")
+        try:
+            for raw in lines:
+                self._line(raw.decode("utf-8"))
+        except (mpd.ProtocolError, UnicodeDecodeError) as exc:
+            self._lost(f"{type(exc).__name__}: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.greeting.done():
+            self.greeting.set_exception(mpd.ConnectionError("MPD closed the connection"))
+        self._lost(f"connection to MPD lost: {exc}" if exc else "MPD closed the connection")
+
+    def _lost(self, reason: str) -> None:
+        if self._closing:
+            return
+        self.close()
+        self._on_lost(reason)
+
+    def _line(self, line: str) -> None:
+        if not self.greeting.done():
+            if line.startswith("OK MPD "):
+                self.greeting.set_result(line)
+            else:
+                self.greeting.set_exception(mpd.ProtocolError(f"unexpected greeting {line[:40]!r}"))
+            return
+        if not self._pending or not isinstance(self._pending[0], _Request):
+            raise mpd.ProtocolError(f"unexpected line from MPD: {line[:40]!r}")
+        request = self._pending[0]
+        if line == "list_OK" and request.listed:
+            request.parts.append([])
+            return
+        if line == "OK":
+            error = ""
+        elif line.startswith("ACK "):
+            error = line[4:].strip()
+        else:
+            request.parts[-1].append(line)
+            return
+        self._pending.popleft()
+        if request.timer is not None:
+            request.timer.cancel()
+        parts = request.parts
+        # A listed answer ends each command with list_OK: the last part is the (empty) tail, or
+        # the failing command's. A bare command's only part is its answer, unless it failed.
+        if request.listed or error:
+            parts = parts[:-1]
+        try:
+            request.done(parts, error)
+        except Exception:
+            log.exception("MPD answer handler failed")
+        while self._pending and not isinstance(self._pending[0], _Request):
+            self._pending.popleft()()
+
+
+class _Op:
+    __slots__ = ("name", "parser")
+
+    def __init__(self, name: str, parser: Parser | None) -> None:
+        self.name = name  # "snapshot" for the special op (its four commands, no parser)
+        self.parser = parser
+
+
+class _BadOp(Exception):
+    pass
+
+
+def _compile(ops: list[list[Any]]) -> tuple[list[str], list[_Op]]:
+    """MpdCall ops -> protocol lines and how to read their answers; checks every op before
+    anything is sent, so a malformed call changes nothing."""
+    lines: list[str] = []
+    layout: list[_Op] = []
+    for op in ops:
+        if not op or not isinstance(op[0], str):
+            raise _BadOp(f"malformed op {op!r}")
+        name = op[0]
+        if name == "snapshot":
+            lines.extend(_SNAPSHOT_COMMANDS)
+            layout.append(_Op("snapshot", None))
+            continue
+        entry = _COMMAND_TABLE.get(name)
+        if entry is None:
+            raise _BadOp(f"unknown MPD command {name!r}")
+        command, parser = entry
+        try:
+            args = [_op_arg(a) for a in op[1:]]
+        except ValueError as exc:
+            raise _BadOp(f"{name}: {exc}") from None
+        lines.append(" ".join([command, *args]))
+        layout.append(_Op(name, parser))
+    return lines, layout
+
+
+def _parse_answer(parser: Parser, lines: list[str]) -> Any:
+    return _plain(parser(_PARSER, lines))
+
+
 class MpdLink:
     def __init__(
         self,
@@ -248,12 +456,9 @@ class MpdLink:
         self._idle_command = "idle " + " ".join(IDLE_SUBSYSTEMS) + "\n"
         self._generation = 0  # bumped per connect/close, so a stale task cannot report a new link
         self._up = False
-        self._client: mpd.asyncio.MPDClient | None = None
+        self._conn: _CommandConnection | None = None
         self._idle: _IdleConnection | None = None
-        self._calls: asyncio.Queue[MpdCall] = asyncio.Queue()
-        self._current: MpdCall | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()  # worker, idle loop
-        self._inflight: set[asyncio.Future[Any]] = set()  # shielded python-mpd2 commands
+        self._tasks: set[asyncio.Task[Any]] = set()  # the idle loop
         self._update_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
@@ -269,42 +474,45 @@ class MpdLink:
         self._generation += 1
         generation = self._generation
         settings = self._settings
-        client: mpd.asyncio.MPDClient | None = None
+        conn: _CommandConnection | None = None
         idle: _IdleConnection | None = None
+
+        def lost(reason: str) -> None:
+            self._lost(generation, reason)
+
         try:
-            client = mpd.asyncio.MPDClient()
-            if settings.is_unix:
-                await asyncio.wait_for(client.connect(settings.host), settings.timeout)
-            else:
-                await asyncio.wait_for(client.connect(settings.host, settings.port), settings.timeout)
-            _set_nodelay(getattr(client, "_MPDClient__wfile", None))
-            if settings.password is not None:
-                await self._bounded([client.password(settings.password)])
-            idle = await asyncio.wait_for(_IdleConnection.open(settings), settings.timeout)
-            # Enter idle before reading the snapshot: a change between the two is then reported.
-            idle.write(self._idle_command)
-            snapshot = await self._full_snapshot(client)
+            async with asyncio.timeout(settings.timeout):
+                conn = await _CommandConnection.open(settings, lost)
+                if settings.password is not None:
+                    await _ask(conn, [f"password {_quote(settings.password)}"])
+                idle = await _IdleConnection.open(settings)
+                # Enter idle before reading the snapshot: a change between the two is then reported.
+                idle.write(self._idle_command)
+                parts = await _ask(conn, list(_SNAPSHOT_COMMANDS))
+                snapshot = self._snapshot(parts)
         except (*_LINK_ERRORS, mpd.CommandError) as exc:
-            _disconnect(client)
+            if conn is not None:
+                conn.close()
             if idle is not None:
                 idle.close()
             if generation == self._generation:
                 self._emit(LinkDown(at=self._clock(), link="mpd", reason=_reason(exc, settings.timeout)))
             return
         if generation != self._generation:  # close() ran meanwhile
-            _disconnect(client)
+            conn.close()
             idle.close()
             return
-        self._client, self._idle, self._up = client, idle, True
+        self._conn, self._idle, self._up = conn, idle, True
         self._emit(LinkUp(at=self._clock(), link="mpd"))
         self._emit(dataclasses.replace(snapshot, at=self._clock()))  # keep `at` monotonic
-        self._spawn(self._run_calls(generation))
         self._spawn(self._run_idle(idle, generation))
 
     def call(self, effect: MpdCall) -> None:
-        """Queue `effect`; its MpdResult (and, for a "snapshot" op, an MpdSnapshot) is emitted later,
-        in call order. While the link is down the call fails at once with connection_lost."""
-        if not self._up:
+        """Send `effect` now; its MpdResult (and, for a "snapshot" op, an MpdSnapshot first) is
+        emitted when MPD answers, in call order. While the link is down it fails at once with
+        connection_lost."""
+        conn = self._conn
+        if not self._up or conn is None:
             self._emit(
                 MpdResult(
                     at=self._clock(),
@@ -315,33 +523,48 @@ class MpdLink:
                 )
             )
             return
-        self._calls.put_nowait(effect)
+        try:
+            lines, layout = _compile(effect.ops)
+        except _BadOp as exc:
+            error = str(exc)
+            conn.after_pending(
+                lambda: self._emit(MpdResult(at=self._clock(), call_id=effect.call_id, ok=False, error=error))
+            )
+            return
+        if not lines:
+            conn.after_pending(lambda: self._emit(MpdResult(at=self._clock(), call_id=effect.call_id)))
+            return
+        generation = self._generation
+
+        def done(parts: list[list[str]] | None, error: str) -> None:
+            self._finish_call(effect.call_id, layout, parts, error, generation)
+
+        conn.request(lines, done, self._deadline(generation))
 
     async def update_database(self, path: str | None = None) -> None:
         """Run `update [path]` and return when that job has finished. Raises mpd.CommandError for
         MPD's refusal (e.g. a missing path) and mpd.ConnectionError if the link goes down."""
-        client = self._client
-        if not self._up or client is None:
+        conn = self._conn
+        if not self._up or conn is None:
             raise mpd.ConnectionError("MPD is not connected")
-        generation = self._generation
         loop = asyncio.get_running_loop()
+        command = "update" + (f" {_quote(path)}" if path else "")
+        parts = await _ask(conn, [command], self._deadline(self._generation))
+        job = int(_parse_answer(_COMMAND_TABLE["update"][1], parts[0]))
+        waiter: asyncio.Future[None] = loop.create_future()
+        entry = (job, waiter)
+        self._update_waiters.append(entry)
         try:
-            job = await self._bounded([client.update(*([path] if path else []))])
-            waiter: asyncio.Future[None] = loop.create_future()
-            entry = (int(job[0]), waiter)
-            self._update_waiters.append(entry)
-            try:
-                # The job may already be over (its update event then came before we listened).
-                status = await self._bounded([client.status()])
-                self._check_updates(status[0])
-                await waiter
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._update_waiters.remove(entry)
-        except _LINK_ERRORS as exc:
-            reason = _reason(exc, self._settings.timeout)
-            self._lost(generation, reason)  # a no-op if the link already went down
-            raise mpd.ConnectionError(reason) from exc
+            # The job may already be over (its update event then came before we listened).
+            conn = self._conn
+            if conn is None:
+                raise mpd.ConnectionError("MPD is not connected")
+            (status,) = await _ask(conn, ["status"], self._deadline(self._generation))
+            self._check_updates(_parse_answer(_COMMAND_TABLE["status"][1], status))
+            await waiter
+        finally:
+            with contextlib.suppress(ValueError):
+                self._update_waiters.remove(entry)
 
     async def close(self) -> None:
         """Drop both connections. Pending calls fail with connection_lost; no LinkDown is emitted
@@ -355,85 +578,55 @@ class MpdLink:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- command connection ----------------------------------------------------------------------
-    async def _bounded(self, futures: list[Awaitable[Any]]) -> list[Any]:
-        """Await python-mpd2 command futures (already sent, so pipelined) within the timeout,
-        without ever cancelling them (see the hang bug in the notes)."""
+    def _deadline(self, generation: int) -> asyncio.TimerHandle:
+        timeout = self._settings.timeout
+        return asyncio.get_running_loop().call_later(
+            timeout, self._lost, generation, f"MPD did not answer within {timeout:g}s"
+        )
 
-        async def resolve(fut: Awaitable[Any]) -> Any:
-            # `await` (not the future itself) drives python-mpd2's iterable results.
-            return await fut
-
-        tasks = [asyncio.ensure_future(resolve(f)) for f in futures]
-        for t in tasks:
-            self._inflight.add(t)
-            t.add_done_callback(self._inflight.discard)
-        gathered = asyncio.gather(*tasks)
+    def _finish_call(
+        self, call_id: int, layout: list[_Op], parts: list[list[str]] | None, error: str, generation: int
+    ) -> None:
+        if parts is None:
+            self._emit(
+                MpdResult(at=self._clock(), call_id=call_id, ok=False, error=error, connection_lost=True)
+            )
+            return
+        results: list[Any] = []
+        at = 0
         try:
-            return await asyncio.wait_for(asyncio.shield(gathered), self._settings.timeout)
-        except BaseException:
-            # Fetch every outcome so none is logged as "never retrieved".
-            for t in tasks:
-                t.add_done_callback(_consume)
-            gathered.add_done_callback(_consume)
-            raise
+            for op in layout:
+                if op.name == "snapshot":
+                    if at + len(_SNAPSHOT_COMMANDS) > len(parts):
+                        break
+                    self._emit(self._snapshot(parts[at : at + len(_SNAPSHOT_COMMANDS)]))
+                    at += len(_SNAPSHOT_COMMANDS)
+                    results.append(None)
+                    continue
+                if at >= len(parts):
+                    break
+                assert op.parser is not None
+                results.append(_parse_answer(op.parser, parts[at]))
+                at += 1
+        except mpd.ProtocolError as exc:
+            reason = _reason(exc, self._settings.timeout)
+            self._emit(
+                MpdResult(at=self._clock(), call_id=call_id, ok=False, error=reason, connection_lost=True)
+            )
+            self._lost(generation, reason)
+            return
+        if error:
+            self._emit(MpdResult(at=self._clock(), call_id=call_id, ok=False, results=results, error=error))
+        else:
+            self._emit(MpdResult(at=self._clock(), call_id=call_id, ok=True, results=results))
 
-    async def _full_snapshot(self, client: mpd.asyncio.MPDClient) -> MpdSnapshot:
-        status, song, outputs, playlists = await self._bounded(
-            [client.status(), client.currentsong(), client.outputs(), client.listplaylists()]
+    def _snapshot(self, parts: list[list[str]]) -> MpdSnapshot:
+        status, song, outputs, playlists = (
+            _parse_answer(_COMMAND_TABLE[name][1], lines)
+            for name, lines in zip(_SNAPSHOT_COMMANDS, parts, strict=True)
         )
         self._check_updates(status)
-        return MpdSnapshot(
-            at=self._clock(),
-            status=status,
-            song=song,
-            outputs=_plain(outputs),
-            playlists=_plain(playlists),
-        )
-
-    async def _run_calls(self, generation: int) -> None:
-        while True:
-            call = await self._calls.get()
-            self._current = call
-            try:
-                result = await self._execute(call)
-            except _LINK_ERRORS as exc:
-                self._lost(generation, _reason(exc, self._settings.timeout))
-                return
-            finally:
-                self._current = None
-            if generation != self._generation:
-                return
-            self._emit(result)
-
-    async def _execute(self, call: MpdCall) -> MpdResult:
-        client = self._client
-        if client is None:
-            raise mpd.ConnectionError("MPD is not connected")
-        results: list[Any] = []
-
-        def failed(error: str) -> MpdResult:
-            return MpdResult(at=self._clock(), call_id=call.call_id, ok=False, results=results, error=error)
-
-        for op in call.ops:
-            if not op or not isinstance(op[0], str):
-                return failed(f"malformed op {op!r}")
-            name = op[0]
-            if name == "snapshot":
-                self._emit(await self._full_snapshot(client))
-                results.append(None)
-                continue
-            if name not in COMMANDS:
-                return failed(f"unknown MPD command {name!r}")
-            try:
-                args = [_op_arg(a) for a in op[1:]]
-            except ValueError as exc:
-                return failed(f"{name}: {exc}")
-            try:
-                (value,) = await self._bounded([getattr(client, name)(*args)])
-            except mpd.CommandError as exc:
-                return failed(str(exc))
-            results.append(_plain(value))
-        return MpdResult(at=self._clock(), call_id=call.call_id, ok=True, results=results)
+        return MpdSnapshot(at=self._clock(), status=status, song=song, outputs=outputs, playlists=playlists)
 
     # -- idle connection -------------------------------------------------------------------------
     async def _run_idle(self, idle: _IdleConnection, generation: int) -> None:
@@ -491,22 +684,13 @@ class MpdLink:
         self._emit(LinkDown(at=self._clock(), link="mpd", reason=reason))
 
     def _teardown(self, reason: str) -> None:
-        _disconnect(self._client)
-        if self._idle is not None:
-            self._idle.close()
-        self._client = self._idle = None
-        for fut in list(self._inflight):
-            fut.cancel()
-        pending = [self._current] if self._current is not None else []
-        self._current = None
-        while not self._calls.empty():
-            pending.append(self._calls.get_nowait())
-        for call in pending:
-            self._emit(
-                MpdResult(
-                    at=self._clock(), call_id=call.call_id, ok=False, error=reason, connection_lost=True
-                )
-            )
+        conn, idle = self._conn, self._idle
+        self._conn = self._idle = None
+        if idle is not None:
+            idle.close()
+        if conn is not None:
+            conn.close()
+            conn.fail_all(reason)
         for _, waiter in self._update_waiters:
             if not waiter.done():
                 waiter.set_exception(mpd.ConnectionError(reason))
@@ -517,18 +701,22 @@ class MpdLink:
         task.add_done_callback(self._tasks.discard)
 
 
-def _disconnect(client: mpd.asyncio.MPDClient | None) -> None:
-    if client is None:
-        return
-    # python-mpd2 3.1.1: if the connection fails while disconnect() cancels its reader task, that
-    # task can die of an internal NameError; retrieve it so asyncio does not log it as unhandled.
-    run_task = getattr(client, "_MPDClient__run_task", None)
-    if isinstance(run_task, asyncio.Future):
-        run_task.add_done_callback(_consume)
-    with contextlib.suppress(Exception):
-        client.disconnect()
+async def _ask(
+    conn: _CommandConnection, commands: list[str], timer: asyncio.TimerHandle | None = None
+) -> list[list[str]]:
+    """A request as a future: the answer lines per command; CommandError for an ACK,
+    ConnectionError if the connection goes first."""
+    fut: asyncio.Future[list[list[str]]] = asyncio.get_running_loop().create_future()
 
+    def done(parts: list[list[str]] | None, error: str) -> None:
+        if fut.done():
+            return
+        if parts is None:
+            fut.set_exception(mpd.ConnectionError(error))
+        elif error:
+            fut.set_exception(mpd.CommandError(error))
+        else:
+            fut.set_result(parts)
 
-def _consume(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
+    conn.request(commands, done, timer)
+    return await fut

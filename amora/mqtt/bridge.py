@@ -181,6 +181,8 @@ class MqttBridge:
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._misc_task: asyncio.Task[None] | None = None
         self._fds: dict[int, int] = {}  # id(client) -> fd registered for reading
+        self._writer_fd: int | None = None  # fd with a loop writer (only while paho is backlogged)
+        self._flush_scheduled = False
 
     def __repr__(self) -> str:
         state = "connected" if self._connected else "disconnected"
@@ -341,6 +343,8 @@ class MqttBridge:
         with contextlib.suppress(Exception):
             client._sock_close()
         fd = self._fds.pop(id(client), None)
+        if fd is not None and self._writer_fd == fd:
+            self._writer_fd = None
         if fd is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(fd)
             self._loop.remove_writer(fd)
@@ -515,24 +519,57 @@ class MqttBridge:
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         fd = self._fds.pop(id(client), None)
+        if fd is not None and self._writer_fd == fd:
+            self._writer_fd = None
         if fd is not None and self._loop is not None:
             # Runs before paho closes the fd, so the loop never polls a closed (or reused) fd.
             self._call_in_loop(self._loop.remove_reader, fd)
             self._call_in_loop(self._loop.remove_writer, fd)
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        fd = sock.fileno()
+        # paho has bytes to send. publish() and _readable() normally write them at once
+        # (_write_now), so a loop writer is only needed when the socket is full or paho's callback
+        # lock was held: look again after this iteration instead of paying an add_writer and a
+        # remove_writer (two epoll_ctl calls) for every packet.
+        if self._flush_scheduled:
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        self._flush_scheduled = True
+        if threading.get_ident() == self._loop_thread:
+            loop.call_soon(self._flush_backlog, client)
+        else:
+            loop.call_soon_threadsafe(self._flush_backlog, client)
 
-        def register() -> None:
-            if self._current(client) and self._loop is not None and id(client) in self._fds:
-                self._loop.add_writer(fd, self._guarded, client, client.loop_write)
+    def _flush_backlog(self, client: paho.Client) -> None:
+        self._flush_scheduled = False
+        if not self._current(client):
+            return
+        self._write_now(client)
+        if self._current(client) and client.want_write():
+            self._watch_writable(client)
 
-        self._call_in_loop(register)
+    def _watch_writable(self, client: paho.Client) -> None:
+        fd = self._fds.get(id(client))
+        if fd is None or self._loop is None or self._writer_fd == fd:
+            return
+        self._writer_fd = fd
+        self._loop.add_writer(fd, self._on_writable, client)
+
+    def _on_writable(self, client: paho.Client) -> None:
+        self._guarded(client, client.loop_write)
+        if self._current(client) and not client.want_write():
+            self._stop_watching_writable()
+
+    def _stop_watching_writable(self) -> None:
+        fd, self._writer_fd = self._writer_fd, None
+        if fd is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_writer(fd)
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        fd = sock.fileno()
-        if fd >= 0 and self._loop is not None:
-            self._call_in_loop(self._loop.remove_writer, fd)
+        if self._writer_fd is not None:
+            self._call_in_loop(self._stop_watching_writable)
 
     async def _misc_loop(self, client: paho.Client) -> None:
         while client is self._client:

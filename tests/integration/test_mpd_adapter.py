@@ -438,3 +438,26 @@ async def test_close_fails_pending_and_leaves_no_tasks(mpd_server: MpdServer) ->
     await asyncio.sleep(0)
     leftover = {t for t in asyncio.all_tasks() - before if not t.done()}
     assert not leftover, leftover
+
+
+async def test_a_malformed_call_changes_nothing(mpd_server: MpdServer) -> None:
+    """Every op is checked before the call's single command list is sent."""
+    rec = Recorder()
+    link = await linked(unix(mpd_server), rec)
+    try:
+        assert (await run(link, rec, 1, ["setvol", 25])).ok
+        bad_ops: list[list[Any]] = [["fly"], ["load", "x\nsetvol 99"], ["setvol", {"v": 1}], []]
+        for call_id, bad in enumerate(bad_ops, start=2):
+            result = await run(link, rec, call_id, ["setvol", 70], bad)
+            assert not result.ok and not result.connection_lost and result.results == []
+        with mpd_server.client() as c:
+            assert c.status()["volume"] == "25"
+        # results that need no round trip still come out in call order
+        link.call(MpdCall(call_id=10, ops=[["setvol", 30], ["status"]]))
+        link.call(MpdCall(call_id=11, ops=[["nope"]]))
+        link.call(MpdCall(call_id=12, ops=[]))
+        await rec.next(result_for(12))
+        assert [r.call_id for r in rec.of(MpdResult)][-3:] == [10, 11, 12]
+        assert link.connected
+    finally:
+        await link.close()

@@ -8,17 +8,18 @@ Starts a private mosquitto and MPD (tools/stack), then the agent as its own proc
 - external change on MPD (pause/resume by another client) -> state message received, p50/p99;
 - 1,000 commands published back to back: all answered, none lost or duplicated, and how long;
 - agent CPU while MPD plays and nothing else happens, and its RSS.
-Targets (issue 2) are printed beside each figure; nothing here fails a test run.
+Targets (issue 2) are printed beside each figure with PASS or MISS, and a summary at the end;
+the exit status is 0 either way (a benchmark on a shared machine is not a test).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -45,16 +46,31 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def line(name: str, samples: list[float], target: str = "") -> str:
-    return (f"{name:<44} p50 {pct(samples, 0.5):7.3f} ms  p99 {pct(samples, 0.99):7.3f} ms  "
-            f"(n={len(samples)}){'  ' + target if target else ''}")
+    return (
+        f"{name:<44} p50 {pct(samples, 0.5):7.3f} ms  p99 {pct(samples, 0.99):7.3f} ms  "
+        f"(n={len(samples)}){'  ' + target if target else ''}"
+    )
+
+
+Message = tuple[float, str, bytes]
+
+
+def payload_is(body: bytes) -> Callable[[Message], bool]:
+    return lambda m: m[2] == body
+
+
+def topic_with(suffix: str, needle: bytes) -> Callable[[Message], bool]:
+    return lambda m: m[1].endswith(suffix) and needle in m[2]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
 
 
 def _nodelay(client: paho.Client) -> None:
     def opened(c: paho.Client, userdata: Any, sock: Any) -> None:
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
 
     client.on_socket_open = opened
 
@@ -81,8 +97,9 @@ class Waiter:
             self.messages.append((now, msg.topic, msg.payload))
             self.cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[tuple[float, str, bytes]], bool], start: int,
-                 timeout: float = 5.0) -> float:
+    def wait_for(
+        self, predicate: Callable[[tuple[float, str, bytes]], bool], start: int, timeout: float = 5.0
+    ) -> float:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -117,7 +134,7 @@ def echo_floor(host: str, port: int, n: int, pace: float) -> list[float]:
             body = str(i).encode()
             t0 = time.perf_counter()
             waiter.client.publish("bench/ping", body, qos=1)
-            t1 = waiter.wait_for(lambda m, body=body: m[2] == body, start)
+            t1 = waiter.wait_for(payload_is(body), start)
             samples.append(t1 - t0)
             if pace:
                 time.sleep(pace)
@@ -136,7 +153,7 @@ def command_rtt(waiter: Waiter, n: int, pace: float) -> list[float]:
         start = len(waiter.messages)
         t0 = time.perf_counter()
         waiter.client.publish(f"amora/devices/{DEVICE}/commands", body, qos=1)
-        t1 = waiter.wait_for(lambda m, cid=cid: m[1].endswith("/responses") and cid.encode() in m[2], start)
+        t1 = waiter.wait_for(topic_with("/responses", cid.encode()), start)
         samples.append(t1 - t0)
         if pace:
             time.sleep(pace)
@@ -151,7 +168,7 @@ def external_change(waiter: Waiter, mpd: MpdServer, n: int) -> list[float]:
             start = len(waiter.messages)
             t0 = time.perf_counter()
             client.pause(1) if i % 2 == 0 else client.play()
-            t1 = waiter.wait_for(lambda m, want=want: m[1].endswith("/state") and want in m[2], start)
+            t1 = waiter.wait_for(topic_with("/state", want), start)
             samples.append(t1 - t0)
             time.sleep(0.02)
     return samples
@@ -162,14 +179,18 @@ def burst(waiter: Waiter, count: int) -> tuple[float, int, int, int]:
     ids = [f"burst-{i}-{uuid.uuid4().hex[:6]}" for i in range(count)]
     t0 = time.perf_counter()
     for cid in ids:
-        waiter.client.publish(f"amora/devices/{DEVICE}/commands",
-                              json.dumps({"command": "ping", "command_id": cid}), qos=1)
+        waiter.client.publish(
+            f"amora/devices/{DEVICE}/commands", json.dumps({"command": "ping", "command_id": cid}), qos=1
+        )
     deadline = time.monotonic() + 30
     wanted = set(ids)
     while time.monotonic() < deadline:
         with waiter.cond:
-            got = [json.loads(m[2]).get("command_id") for m in waiter.messages[start:]
-                   if m[1].endswith("/responses")]
+            got = [
+                json.loads(m[2]).get("command_id")
+                for m in waiter.messages[start:]
+                if m[1].endswith("/responses")
+            ]
             if wanted <= set(got):
                 break
             waiter.cond.wait(0.5)
@@ -192,7 +213,9 @@ def rss_mb(pid: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -227,15 +250,37 @@ def main(argv: list[str] | None = None) -> int:
             paced = command_rtt(waiter, args.n, 0.005)
             rapid = command_rtt(waiter, args.n, 0.0)
             p50 = pct(paced, 0.5)
-            print(line("command round trip (setVolume), paced 5 ms", paced,
-                       f"target p50 <= {min(2 * floor, 5):.3f} ms (2x floor, <= 5), p99 <= 20 ms"))
+            p99 = pct(paced, 0.99)
+            results: dict[str, bool] = {}
+            results["command p50 <= 2x floor and <= 5 ms"] = p50 <= min(2 * floor, 5.0)
+            results["command p99 <= 20 ms"] = p99 <= 20.0
+            print(
+                line(
+                    "command round trip (setVolume), paced 5 ms",
+                    paced,
+                    f"target p50 <= {min(2 * floor, 5):.3f} ms (2x floor, <= 5) "
+                    f"{verdict(results['command p50 <= 2x floor and <= 5 ms'])}, "
+                    f"p99 <= 20 ms {verdict(results['command p99 <= 20 ms'])}",
+                )
+            )
             print(line("command round trip, back to back", rapid))
             print(f"{'ratio p50 / floor p50':<44} {p50 / floor:7.2f}x  (target <= 2.00x)")
             ext = external_change(waiter, mpd, 200)
-            print(line("external change (pause/play) -> state", ext, "target p50 <= 2 ms"))
+            results["external change p50 <= 2 ms"] = pct(ext, 0.5) <= 2.0
+            print(
+                line(
+                    "external change (pause/play) -> state",
+                    ext,
+                    f"target p50 <= 2 ms {verdict(results['external change p50 <= 2 ms'])}",
+                )
+            )
             elapsed, answered, lost, dup = burst(waiter, 1000)
-            print(f"{'1000 commands back to back':<44} {elapsed:7.3f} s  answered {answered}, lost {lost}, "
-                  f"duplicated {dup}  (target: all answered within 2 s)")
+            results["1000 commands answered within 2 s"] = lost == 0 and dup == 0 and elapsed <= 2.0
+            print(
+                f"{'1000 commands back to back':<44} {elapsed:7.3f} s  answered {answered}, lost {lost}, "
+                f"duplicated {dup}  (target: all answered within 2 s) "
+                f"{verdict(results['1000 commands answered within 2 s'])}"
+            )
             assert agent.proc is not None
             pid = agent.proc.pid
             before = cpu_seconds(pid)
@@ -243,9 +288,19 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.idle_seconds)
             used = cpu_seconds(pid) - before
             span = time.monotonic() - t0
-            print(f"{'idle CPU while MPD plays':<44} {100 * used / span:7.3f} % of one core over {span:.0f} s "
-                  "(target <= 0.5 %)")
-            print(f"{'agent RSS':<44} {rss_mb(pid):7.1f} MB  (target <= 60 MB)")
+            cpu = 100 * used / span
+            results[f"idle CPU <= 0.5 % (over {span:.0f} s)"] = cpu <= 0.5
+            print(
+                f"{'idle CPU while MPD plays':<44} {cpu:7.3f} % of one core over {span:.0f} s "
+                f"(target <= 0.5 %) {verdict(cpu <= 0.5)}"
+            )
+            rss = rss_mb(pid)
+            results["RSS <= 60 MB"] = rss <= 60.0
+            print(f"{'agent RSS':<44} {rss:7.1f} MB  (target <= 60 MB) {verdict(rss <= 60.0)}")
+            print("## targets")
+            for name, ok in results.items():
+                print(f"{verdict(ok)}  {name}")
+            print(f"{sum(results.values())}/{len(results)} targets met")
         finally:
             waiter.close()
             agent.stop()
