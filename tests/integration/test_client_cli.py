@@ -306,4 +306,4 @@ def test_cli_usage_errors() -> None:
     assert amora("send", "play").returncode == 2  # no device
     assert amora("send", "play", "--device", "d", "--params", "[1]").returncode == 2
     assert amora("send", "play", "--device", "d", "--broker", "http://x").returncode == 2
-    assert amora("sync").returncode == 1
+    assert amora("sync").returncode == 2  # no device
