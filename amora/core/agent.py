@@ -239,6 +239,8 @@ class AgentCore:
         self.seq = 0
         self.shutting_down = False
         self._effects: list[fx.Effect] = []
+        self._config: dict[str, str] | None = None  # region -> state, cached between triggers
+        self._firing = False
         self._dirty = False
         self._last_published: dict[str, Any] | None = None
         self._attempts: dict[str, int] = dict.fromkeys(LINKS, 0)
@@ -293,11 +295,23 @@ class AgentCore:
         self._dirty = True
 
     def link_state(self, link: str) -> str:
-        prefix = f"{self.chart.name}_{link}_"
+        """The active state of a region (`player` or a link)."""
+        config = self._config
+        if config is None:
+            # reading the machine's state is costly (it walks the nested tree); between triggers
+            # it cannot change, so it is read once per trigger
+            config = self._read_configuration()
+            if not self._firing:
+                self._config = config
+        return config.get(link, "offline")
+
+    def _read_configuration(self) -> dict[str, str]:
+        out = {}
+        cut = len(self.chart.name) + 1
         for leaf in self._leaves():
-            if leaf.startswith(prefix):
-                return leaf[len(prefix) :]
-        return "offline"
+            region, _, state = leaf[cut:].partition("_")
+            out[region] = state
+        return out
 
     def player_state(self) -> str:
         return self.link_state("player")
@@ -313,7 +327,13 @@ class AgentCore:
         return list(state) if isinstance(state, list) else [state]
 
     def _fire(self, trigger: str, **kwargs: Any) -> bool:
-        result: bool = self.model.trigger(trigger, **kwargs)  # type: ignore[attr-defined]
+        self._config = None
+        self._firing = True
+        try:
+            result: bool = self.model.trigger(trigger, **kwargs)  # type: ignore[attr-defined]
+        finally:
+            self._firing = False
+            self._config = None
         return result
 
     def _dispatch_event(self, event: Event) -> None:
