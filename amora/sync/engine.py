@@ -256,42 +256,43 @@ class Engine:
         file_keys: dict[str, str] = {}
         dir_keys: dict[str, str] = {}
         desired: dict[str, RemoteBlob] = {}
+        ancestors: dict[tuple[str, str], list[str]] = {}
         for blob in listing:
             rel = blob.name[len(prefix) :]
             try:
-                relpath = names.local_relpath(rel)
+                parts = names.checked_parts(rel)
             except names.UnsafeName as exc:
                 self._skip(blob.name, str(exc))
                 continue
-            parts: tuple[str, ...]
             if names.is_playlist(rel):
-                root, parts = "p", (relpath.name,)
-                dest = f"{playlists}/{relpath.name}"
+                root, folder = "p", ""
+                key = "p" + names.collision_key(parts[-1])
+                dest = f"{playlists}/{parts[-1]}"
             else:
-                root, parts = "m", relpath.parts
+                root, folder = "m", rel.rpartition("/")[0]
+                key = "m" + names.collision_key(rel)
                 dest = f"{music}/{rel}"
-            key = root + names.collision_key("/".join(parts))
+            anc_keys = ancestors.get((root, folder))
+            if anc_keys is None:
+                anc_keys = []
+                acc = root
+                for part in parts[:-1]:
+                    acc += names.collision_key(part) if acc == root else "/" + names.collision_key(part)
+                    anc_keys.append(acc)
+                ancestors[(root, folder)] = anc_keys
             clash = file_keys.get(key) or dir_keys.get(key)
             if clash is None:
-                anc = root
-                for part in parts[:-1]:
-                    anc += names.collision_key(part) if anc == root else "/" + names.collision_key(part)
-                    if anc in file_keys:
-                        clash = file_keys[anc]
-                        break
+                clash = next((file_keys[k] for k in anc_keys if k in file_keys), None)
             if clash is not None:
-                self._skip(
-                    blob.name, f"same local path as blob {clash!r} (case, Unicode form or folder clash)"
-                )
+                reason = f"same local path as blob {clash!r} (case, Unicode form or folder clash)"
+                self._skip(blob.name, reason)
                 continue
-            if len(os.fsencode(dest)) >= 4000:
+            if len(dest) >= 1000 and len(os.fsencode(dest)) >= 4000:
                 self._skip(blob.name, "local path too long")
                 continue
             file_keys[key] = blob.name
-            anc = root
-            for part in parts[:-1]:
-                anc += names.collision_key(part) if anc == root else "/" + names.collision_key(part)
-                dir_keys.setdefault(anc, blob.name)
+            for k in anc_keys:
+                dir_keys.setdefault(k, blob.name)
             desired[dest] = blob
 
         on_disk = self._scan(

@@ -47,6 +47,8 @@ class Manifest:
         self.journal_path = path.with_name(path.name + ".journal")
         self.files: dict[str, Entry] = {}
         self.last_success: float | None = None
+        self.status_path = path.with_name(path.name + ".status")
+        self.dirty = False  # entries differ from the snapshot on disk
         self._lock = threading.Lock()
         self._journal: TextIO | None = None
 
@@ -62,9 +64,9 @@ class Manifest:
         if doc is not None:
             if doc.get("format") != FORMAT:
                 raise ManifestError(f"manifest {path}: unknown format {doc.get('format')!r}")
-            m.last_success = doc.get("last_success")
             m.files = {p: Entry.from_list(e) for p, e in doc["files"].items()}
         m._replay()
+        m.last_success = _read_status(m.status_path)
         return m
 
     def _replay(self) -> None:
@@ -72,6 +74,7 @@ class Manifest:
             lines = self.journal_path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return
+        self.dirty = bool(lines)
         for line in lines:
             try:
                 rec = json.loads(line)
@@ -97,31 +100,27 @@ class Manifest:
     def record(self, path: str, entry: Entry) -> None:
         with self._lock:
             self.files[path] = entry
+            self.dirty = True
         self._append(["+", path, *entry.to_list()])
 
     def forget(self, path: str) -> None:
         with self._lock:
             self.files.pop(path, None)
+            self.dirty = True
         self._append(["-", path])
 
     def save(self, *, last_success: float | None = None) -> None:
-        """Write a fresh snapshot atomically and drop the journal it absorbed."""
+        """Write a fresh snapshot atomically (only if anything changed: a no-change run of 10k files
+        should not rewrite a megabyte) and drop the journal it absorbed."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.dirty or not self.path.exists():
+            with self._lock:
+                doc = {"format": FORMAT, "files": {p: e.to_list() for p, e in self.files.items()}}
+            _write_atomic(self.path, json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+            self.dirty = False
         if last_success is not None:
             self.last_success = last_success
-        with self._lock:
-            doc = {
-                "format": FORMAT,
-                "last_success": self.last_success,
-                "files": {p: e.to_list() for p, e in self.files.items()},
-            }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, ensure_ascii=False, separators=(",", ":"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+            _write_atomic(self.status_path, json.dumps({"last_success": last_success}))
         self.close_journal()
         with contextlib.suppress(FileNotFoundError):
             self.journal_path.unlink()
@@ -139,6 +138,24 @@ class ManifestError(Exception):
     pass
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_status(path: Path) -> float | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("last_success")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -149,8 +166,4 @@ def _fsync_dir(path: Path) -> None:
 
 def read_last_success(manifest_path: Path) -> float | None:
     """Unix time of the last successful sync recorded in the manifest, if any."""
-    try:
-        m = Manifest.load(manifest_path)
-    except ManifestError:
-        return None
-    return m.last_success
+    return _read_status(manifest_path.with_name(manifest_path.name + ".status"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import html
 import http.client
 import random
 import socket
@@ -222,10 +223,11 @@ def raise_for_status(resp: http.client.HTTPResponse, ep: Endpoint, what: str) ->
 
 
 def list_blobs(conn: Connection, prefix: str) -> Iterator[RemoteBlob]:
-    """All blobs under `prefix` (flat listing, service order), page by page."""
+    """All blobs under `prefix` (flat listing, service order), page by page. The next page is
+    fetched while the current one is parsed (the marker is read from the raw tail first)."""
     ep = conn.ep
-    marker = ""
-    while True:
+
+    def fetch(marker: str) -> bytes:
         query = f"restype=container&comp=list&maxresults={LIST_PAGE}"
         if prefix:
             query += "&prefix=" + urllib.parse.quote(prefix, safe="")
@@ -234,17 +236,52 @@ def list_blobs(conn: Connection, prefix: str) -> Iterator[RemoteBlob]:
         resp = conn.get(f"{ep.container_path}?{query}&{ep.sas}", {}, "list")
         raise_for_status(resp, ep, "list")
         try:
-            root = ET.fromstring(resp.read())
-        except (ET.ParseError, OSError, http.client.HTTPException) as exc:
+            return resp.read()
+        except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise RemoteError(f"listing from {ep.describe()} failed: {type(exc).__name__}") from None
+            raise RemoteError(f"listing from {ep.describe()} failed: {_describe_exc(exc)}") from None
+
+    body = fetch("")
+    while True:
+        marker = _next_marker(body)
+        ahead: list[bytes | BaseException] = []
+        prefetch = None
+        if marker:
+
+            def run(m: str = marker, out: list[bytes | BaseException] = ahead) -> None:
+                try:
+                    out.append(fetch(m))
+                except BaseException as exc:
+                    out.append(exc)
+
+            prefetch = threading.Thread(target=run, name="sync-list", daemon=True)
+            prefetch.start()
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError:
+            if prefetch is not None:
+                prefetch.join()  # it uses the connection: let it finish before anyone closes it
+            raise RemoteError(f"listing from {ep.describe()} is not valid XML") from None
         blobs = root.find("Blobs")
         if blobs is not None:
             for b in blobs.iterfind("Blob"):
                 yield _parse_blob(b)
-        marker = root.findtext("NextMarker") or ""
-        if not marker:
+        if prefetch is None:
             return
+        prefetch.join()
+        result = ahead[0]
+        if isinstance(result, BaseException):
+            raise result
+        body = result
+
+
+def _next_marker(body: bytes) -> str:
+    start = body.rfind(b"<NextMarker>")
+    if start < 0:
+        return ""
+    end = body.find(b"</NextMarker>", start)
+    raw = body[start + len(b"<NextMarker>") : end].decode()
+    return html.unescape(raw)
 
 
 def _parse_blob(b: ET.Element) -> RemoteBlob:
