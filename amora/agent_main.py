@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from amora import __version__
-from amora.config import Config, ConfigError, config_permission_warning, load_config, redacted, secret_values
+from amora.config import Config, ConfigError, load_config, redacted, secret_values
 from amora.core.agent import AgentCore, BackoffPolicy, CoreSettings
 from amora.core.events import Event, event_to_json
 from amora.runtime import Runtime, RuntimeOptions
@@ -193,9 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"amora-agent: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
 
-    warning = config_permission_warning(args.config, config)
+    from amora.security import permission_refusal, startup_warnings
+
+    warnings = startup_warnings(config, args.config)
+    refusal = permission_refusal(config, args.config)
+    if refusal:
+        print(f"amora-agent: {refusal}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.check_config:
-        if warning:
+        for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(json.dumps(redacted(config), indent=2, sort_keys=True))
         return 0
@@ -209,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.logging.level.upper(), config.logging.format, secret_values(config))  # type: ignore[arg-type]
     # transitions narrates every callback at INFO; the agent logs what matters itself
     logging.getLogger("transitions").setLevel(logging.WARNING)
-    if warning:
+    for warning in warnings:
         log.warning("%s", warning)
     log.info("amora-agent %s starting for device %s", __version__, config.broker.device_id)
     return asyncio.run(run_agent(config, record=args.record))

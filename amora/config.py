@@ -217,6 +217,7 @@ class SystemConfig:
     reboot_guard_seconds: float
     state_dir: Path
     free_space_interval: float
+    strict_permissions: bool  # refuse to start while secrets are readable by others
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -424,6 +425,7 @@ class _Builder:
             reboot_guard_seconds=float(s["reboot_guard_seconds"]),
             state_dir=self.base / Path(s["state_dir"]).expanduser(),
             free_space_interval=float(s["free_space_interval"]),
+            strict_permissions=s["strict_permissions"],
         )
         lg = d["logging"]
         logging = LoggingConfig(level=lg["level"], format=lg["format"], record=self.path(lg["record"]))

@@ -498,6 +498,12 @@ def test_no_permission_warning_without_inline_secrets(tmp_path: Path) -> None:
     assert warning is not None and str(tmp_path / "pw") in warning
 
 
+def test_strict_permissions_defaults_off_and_is_read() -> None:
+    assert parse(minimal()).system.strict_permissions is False
+    assert parse(minimal(system={"strict_permissions": True})).system.strict_permissions is True
+    assert "/system/strict_permissions" in fields_of(error_of(minimal(system={"strict_permissions": "yes"})))
+
+
 # --- the schema and its docs ---------------------------------------------------------------------
 
 
