@@ -14,6 +14,7 @@ from typing import Any
 from amora import __version__
 from amora.config import Config, ConfigError, load_config, redacted, secret_values
 from amora.core.agent import AgentCore, BackoffPolicy, CoreSettings
+from amora.core.effects import Effect
 from amora.core.events import Event, event_to_json
 from amora.runtime import Runtime, RuntimeOptions
 
@@ -59,20 +60,46 @@ class TraceRecorder:
     """Writes every input as one JSON line (schemas/trace.schema.json), flushed per line so a crash
     loses nothing. Secret values are replaced before writing."""
 
-    def __init__(self, path: Path, secrets: Sequence[str]) -> None:
+    def __init__(self, path: Path, secrets: Sequence[str], settings: CoreSettings | None = None) -> None:
         from amora.logs import Redactor
 
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._redact = Redactor(secrets)
+        if settings is not None:
+            # the core's settings make the replay bit for bit (amora/simulate.py); one header per run
+            from amora.simulate import trace_header
+
+            self._write(trace_header(settings, agent_version=__version__))
 
     def __call__(self, event: Event) -> None:
-        line = self._redact(json.dumps(event_to_json(event), separators=(",", ":"), ensure_ascii=False))
+        self._write(event_to_json(event))
+
+    def drained(self) -> None:
+        from amora.simulate import DRAIN_LINE
+
+        self._write(DRAIN_LINE)
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        line = self._redact(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
         self._file.write(line + "\n")
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
+
+
+class RecordingCore(AgentCore):
+    """Marks in the trace where the runtime drained: when the live queue held a burst, the core
+    coalesced it, and the replay must coalesce the same inputs to publish the same messages."""
+
+    def __init__(self, settings: CoreSettings, recorder: TraceRecorder) -> None:
+        super().__init__(settings)
+        self._recorder = recorder
+
+    def drain(self) -> list[Effect]:
+        self._recorder.drained()
+        return super().drain()
 
 
 async def run_agent(config: Config, *, record: Path | None = None) -> int:
@@ -90,7 +117,10 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
     if came_back.note:
         log.info("reboot marker: %s", came_back.note)
 
-    core = AgentCore(core_settings(config))
+    settings = core_settings(config)
+    record_path = record or config.logging.record
+    recorder = TraceRecorder(record_path, secret_values(config), settings) if record_path else None
+    core = AgentCore(settings) if recorder is None else RecordingCore(settings, recorder)
     runtime = Runtime(
         core,
         options=RuntimeOptions(
@@ -137,10 +167,7 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
 
     runtime.operations["reboot"] = do_reboot
 
-    recorder: TraceRecorder | None = None
-    record_path = record or config.logging.record
-    if record_path is not None:
-        recorder = TraceRecorder(record_path, secret_values(config))
+    if recorder is not None:
         runtime.recorder = recorder
 
     # unset: commands the agent runs (reboot) must not talk to systemd in its name

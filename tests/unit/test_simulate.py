@@ -269,3 +269,35 @@ def test_tools_simulate_script_runs(tmp_path: Path) -> None:
     assert any(line["type"] == "configuration" for line in out)
     effects = [json.dumps(line, separators=(",", ":"), ensure_ascii=False) for line in out]
     assert effect_lines(json.loads(e) for e in effects) == expected_path(trace).read_text().splitlines()
+
+
+def test_the_recorder_writes_a_header_drain_marks_and_no_secrets(tmp_path: Path) -> None:
+    from amora.agent_main import RecordingCore, TraceRecorder
+
+    secret = "pa55-w0rd-xyz"
+    settings = CoreSettings(device_id="dev-rec", backoff={"mqtt": BackoffPolicy(jitter=0)})
+    path = tmp_path / "t" / "trace.jsonl"
+    recorder = TraceRecorder(path, [secret], settings)
+    core = RecordingCore(settings, recorder)
+    for event in (
+        Started(at=1.0, seed=9),
+        LinkUp(at=1.5, link="mqtt"),
+        MqttMessage(at=2.0, payload=b'{"command":"ping","command_id":"' + secret.encode() + b'"}'),
+    ):
+        recorder(event)
+        core.handle(event)
+        core.drain()
+    recorder.close()
+    text = path.read_text()
+    assert secret not in text
+    items = load_trace(path)
+    assert isinstance(items[0], Header) and items[0].settings == settings
+    assert [json.loads(line)["type"] for line in text.splitlines()] == [
+        "header",
+        "started",
+        "drain",
+        "link_up",
+        "drain",
+        "mqtt_message",
+        "drain",
+    ]
