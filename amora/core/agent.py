@@ -586,6 +586,10 @@ class AgentCore:
         except PlanError as exc:
             self._respond_error(request, "invalid_params", exc.message, params_pointer + exc.field)
             return
+        except Exception as exc:  # a bug must still answer the caller, and not take the agent down
+            self.emit(fx.Log("error", f"internal error in {name}: {type(exc).__name__}: {exc}"))
+            self._respond_error(request, "internal", f"internal error: {type(exc).__name__}")
+            return
         if not moved:
             code, message = self._failed_guard(name, request)
             self._respond_error(request, code, message)
@@ -770,7 +774,9 @@ class AgentCore:
         request = pending.request
         assert request is not None
         if not event.ok:
-            if event.connection_lost:
+            if event.connection_lost and "did not answer" in event.error:
+                self._respond_error(request, "timeout", event.error)
+            elif event.connection_lost:
                 self._respond_error(request, "mpd_unavailable", f"MPD connection lost: {event.error}")
             else:
                 self._respond_error(request, "mpd_refused", f"MPD refused: {event.error}")

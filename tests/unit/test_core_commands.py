@@ -250,3 +250,23 @@ def test_direct_method_errors_carry_http_status() -> None:
     h2 = Harness()
     h2.start(status=STATUS_STOPPED)
     assert h2.only(h2.method("next"), fx.Respond)[0].status == 409
+
+
+def test_mpd_timeout_answers_timeout() -> None:
+    h = playing()
+    call = h.mpd_call(h.command("stop"))
+    body = h.response(h.result(call.call_id, ok=False, error="MPD did not answer within 5s", lost=True))
+    assert body["error"]["code"] == "timeout" and body["error"]["http_status"] == 504
+
+
+def test_a_bug_in_a_plan_answers_internal_and_the_agent_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from amora.core import commands
+
+    def broken(params: dict[str, Any], picture: Any) -> Any:
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setitem(commands.PLANS, "stop", broken)
+    h = playing()
+    body = h.response(h.command("stop"))
+    assert body["error"]["code"] == "internal" and body["error"]["http_status"] == 500
+    assert h.response(h.command("ping", command_id="c2"))["status"] == "ok"
