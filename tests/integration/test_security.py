@@ -23,7 +23,7 @@ from urllib.parse import quote, quote_plus
 import paho.mqtt.client as paho
 import pytest
 
-from tests.fixtures.agent import DEVICE, AgentProcess, make_config
+from tests.fixtures.agent import DEVICE, AgentProcess, Controller, make_config
 from tests.fixtures.mosquitto import MosquittoFactory
 from tools.iothub_standin import LocalHub
 from tools.stack import proc
@@ -686,3 +686,41 @@ def test_plain_mqtt_to_a_remote_broker_is_logged_as_a_warning_at_start(
         assert "WARNING amora.agent: MQTT broker mqtt://192.0.2.10:" in log and "NOT encrypted" in log
     finally:
         agent.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# IoT Hub with X.509. The stand-in's broker does not request client certificates (and
+# tools/iothub_standin has no option for it), so this shows that the agent builds an X.509 client,
+# connects with it and works; that the hub checks the certificate is not shown here.
+
+
+def test_iot_hub_with_an_x509_identity_connects_and_answers_methods(
+    agent_config: dict[str, Any], controller: Controller, tmp_path: Path
+) -> None:
+    certs = make_test_ca(tmp_path / "device-certs")
+    hub = LocalHub(tmp_path / "hub", device_id=IOT_DEVICE).start()
+    try:
+        host, port = hub.proxy_address
+        agent_config["iot"] = {
+            "x509": {
+                "hostname": hub.host_name,
+                "device_id": IOT_DEVICE,
+                "cert_file": str(certs["client_cert"]),
+                "key_file": str(certs["client_key"]),
+            },
+            "ca_file": str(hub.ca_path),
+            "proxy": {"type": "HTTP", "host": host, "port": port},
+            "call_timeout": 5,
+            "backoff": {"initial_delay": 0.2, "max_delay": 1},
+        }
+        agent = start_agent(agent_config, tmp_path / "agent")
+        try:
+            controller.wait_state(
+                lambda s: s["links"].get("iothub") == "online", timeout=30, what="iothub online"
+            )
+            status, body = hub.invoke_method("ping", None, timeout=10)
+            assert status == 200 and body["status"] == "ok"
+        finally:
+            agent.stop()
+    finally:
+        hub.stop()
