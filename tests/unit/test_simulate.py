@@ -301,3 +301,20 @@ def test_the_recorder_writes_a_header_drain_marks_and_no_secrets(tmp_path: Path)
         "mqtt_message",
         "drain",
     ]
+
+
+def test_the_fast_serialisers_agree_with_the_core_ones() -> None:
+    from amora.core import effects as fx
+    from amora.core.events import event_to_json as to_json
+    from amora.simulate import effect_json, parse_item
+
+    effects: list[fx.Effect] = [
+        fx.Respond(transport="method", request_id="r", status=404, body={"a": 1}),
+        fx.StartTimer(name="x", delay=1.5),
+        fx.Stop(),
+        fx.MpdCall(call_id=3, ops=[["play"]]),
+    ]
+    for effect in effects:
+        assert effect_json(effect, 2.0) == {"at": 2.0, **fx.effect_to_json(effect)}
+    for item in load_trace(GOLDEN / "commands.jsonl")[1:]:
+        assert parse_item(json.loads(json.dumps(to_json(item)))) == item  # type: ignore[arg-type]
