@@ -485,9 +485,15 @@ class MqttBridge:
             step()
         except Exception as exc:
             log.debug("paho I/O failed: %r", exc)
-            if client is self._client:
-                self._close_socket(client)
-                self._lost(client, f"connection to the broker failed: {type(exc).__name__}")
+            if client is not self._client:
+                return
+            self._close_socket(client)
+            if not self._connected and self._connack is not None and not self._connack.done():
+                # e.g. TLS 1.3: a broker that wants a client certificate says so after the
+                # handshake, on the first read; fail the connect now rather than at its timeout
+                self._connack.set_exception(_describe_connect_error(exc, self.settings))
+                return
+            self._lost(client, f"connection to the broker failed: {type(exc).__name__}")
 
     def _current(self, client: paho.Client) -> bool:
         return client is self._client
