@@ -56,12 +56,32 @@ def _registry() -> Registry:
 @functools.cache
 def validator(name: str, pointer: str = "") -> Draft202012Validator:
     """A validator for schema `name`, or for the sub-schema at `pointer` (e.g. "/$defs/play")."""
-    schema: Any = load(name)
-    for part in [p for p in pointer.split("/") if p]:
-        schema = schema[part]
+    root = load(name)
+    schema: Any = root
     if pointer:
-        schema = {**schema, "$schema": load(name).get("$schema")}
-    return Draft202012Validator(schema, registry=_registry(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+        for part in [p for p in pointer.split("/") if p]:
+            schema = schema[part]
+        # the sub-schema's "#/..." refs point into its document: make them absolute (a "$ref" to
+        # the whole pointer would work too, but triples the cost of every validation)
+        schema = {**_absolute_refs(schema, root.get("$id", "")), "$schema": root.get("$schema")}
+    return Draft202012Validator(
+        schema, registry=_registry(), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def _absolute_refs(node: Any, base: str) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: (
+                base + v
+                if k == "$ref" and isinstance(v, str) and v.startswith("#")
+                else _absolute_refs(v, base)
+            )
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_absolute_refs(v, base) for v in node]
+    return node
 
 
 def _pointer(error: ValidationError) -> str:
@@ -91,7 +111,11 @@ def issues(name: str, instance: Any, pointer: str = "") -> list[SchemaIssue]:
             if extra:
                 field = f"{field}/{extra[0]}"
         if error.validator == "required" and isinstance(error.validator_value, list):
-            missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
+            missing = [
+                k
+                for k in error.validator_value
+                if isinstance(error.instance, dict) and k not in error.instance
+            ]
             if missing:
                 field = f"{field}/{missing[0]}"
         out.append(SchemaIssue(field, _describe(error)))

@@ -164,7 +164,7 @@ class _ChartModel:
         return self._core.picture.playback == "stopped"
 
     def sync_configured(self, event: NestedEventData) -> bool:
-        return self._core.settings.sync_configured
+        return self._core.sync_configured()
 
     def iothub_configured(self, event: NestedEventData) -> bool:
         return self._core.settings.iothub_configured
@@ -256,6 +256,7 @@ class AgentCore:
         self.acks: dict[tuple[str, ...], dict[str, Any]] = {}
         self.default_playlist: str | None = None
         self.sync_enabled_override: bool | None = None  # desired content.sync_enabled
+        self.desired_sync: dict[str, Any] | None = None  # desired content.sync (overrides the config's)
         self._reported: dict[str, Any] | None = None  # what the hub was last sent
         self._last_report_at: float | None = None
         self._report_timer = False
@@ -644,7 +645,10 @@ class AgentCore:
         }
         self._dirty = True
         self._respond_ok(request, {"accepted": True, "op_id": op_id})
-        self.emit(fx.StartOperation(op_id=op_id, operation="sync", args={"force": force}))
+        args: dict[str, Any] = {"force": force}
+        if self.desired_sync:
+            args["desired"] = dict(self.desired_sync)
+        self.emit(fx.StartOperation(op_id=op_id, operation="sync", args=args))
 
     def report_sync_busy(self, request: Request) -> None:
         running = (self.sync_status or {}).get("op_id")
@@ -654,13 +658,24 @@ class AgentCore:
         enabled = self.sync_enabled_override
         return self.settings.sync_enabled if enabled is None else enabled
 
+    def sync_configured(self) -> bool:
+        """A container from the config, or one the cloud gave in desired content.sync."""
+        desired = self.desired_sync or {}
+        return self.settings.sync_configured or bool(
+            desired.get("container_url") or desired.get("connection_string")
+        )
+
+    def sync_interval(self) -> float:
+        interval = (self.desired_sync or {}).get("interval_seconds")
+        return float(interval) if isinstance(interval, int) else self.settings.sync_interval
+
     def _arm_sync_timer(self, delay: float | None = None) -> None:
-        if not self.settings.sync_configured or not self.sync_enabled() or self._sync_timer:
+        if not self.sync_configured() or not self.sync_enabled() or self._sync_timer:
             return
         if delay is None:
-            if self.settings.sync_interval <= 0:
+            if self.sync_interval() <= 0:
                 return
-            delay = self.settings.sync_interval
+            delay = self.sync_interval()
         self._sync_timer = True
         self.emit(fx.StartTimer(name="sync", delay=delay))
 
@@ -904,10 +919,12 @@ class AgentCore:
         if version is not None:
             self.desired_version = version
         for path, value in leaves:
-            self._apply_desired(path, value, version)
+            self._apply_desired(path, value, version, full=event.full)
         self._dirty = True
 
-    def _apply_desired(self, path: tuple[str, ...], value: Any, version: int | None) -> None:
+    def _apply_desired(
+        self, path: tuple[str, ...], value: Any, version: int | None, *, full: bool = False
+    ) -> None:
         label = ".".join(path)
         if path not in twin.DESIRED_PATHS:
             self.acks[path[:2]] = twin.ack(value, twin.AC_REJECTED, version, f"unknown property {label}")
@@ -919,6 +936,11 @@ class AgentCore:
                 self.default_playlist = None
             elif path == ("content", "sync_enabled"):
                 self.sync_enabled_override = None
+            elif path == ("content", "sync"):
+                self.desired_sync = None
+            return
+        if path == ("content", "sync"):
+            self._apply_desired_sync(value, version, replace=full)
             return
         issues = schemas.issues("desired", value, "/properties/" + "/properties/".join(path))
         if issues:
@@ -931,12 +953,37 @@ class AgentCore:
         elif path == ("content", "sync_enabled"):
             self.sync_enabled_override = value
             self._arm_sync_timer(0.0 if value else None)
-            note = "stored" if self.settings.sync_configured else "stored; content sync is not configured"
+            note = "stored" if self.sync_configured() else "stored; content sync is not configured"
             self.acks[path] = twin.ack(value, twin.AC_APPLIED, version, note)
         elif path == ("audio", "device") and value == "default":
             self.acks[path] = twin.ack(value, twin.AC_APPLIED, version, "default: outputs left as they are")
         else:
             self._desired_command(path, value, version)
+
+    def _apply_desired_sync(self, value: Any, version: int | None, *, replace: bool) -> None:
+        path = ("content", "sync")
+        shown = twin.redact_sync(value)
+        issues = schemas.issues("sync", value, "/$defs/desired")
+        if issues:
+            self.acks[path] = twin.ack(shown, twin.AC_REJECTED, version, f"content.sync{issues[0]}")
+            return
+        merged = {} if replace or self.desired_sync is None else dict(self.desired_sync)
+        for key, item in value.items():
+            if item is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = item
+        self.desired_sync = merged or None
+        self.desired[path] = merged
+        note = (
+            "stored; used by the next sync"
+            if self.sync_configured()
+            else "stored; no container configured yet"
+        )
+        self.acks[path] = twin.ack(twin.redact_sync(merged), twin.AC_APPLIED, version, note)
+        self._sync_timer = False  # the interval may have changed: re-arm from now
+        self.emit(fx.CancelTimer(name="sync"))
+        self._arm_sync_timer()
 
     def _desired_command(self, path: tuple[str, ...], value: Any, version: int | None) -> None:
         """Apply a desired property through the command of the same meaning: same checks, same path."""

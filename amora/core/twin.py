@@ -18,7 +18,10 @@ DESIRED_PATHS: dict[tuple[str, ...], str | None] = {
     ("audio", "device"): "selectOutput",
     ("content", "default_playlist"): None,
     ("content", "sync_enabled"): None,
+    ("content", "sync"): None,  # overrides of config.json content.sync (schemas/sync.schema.json)
 }
+
+SYNC_SECRETS = ("container_url", "connection_string")
 
 AC_APPLIED = 200
 AC_PENDING = 202
@@ -78,6 +81,13 @@ def set_path(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     for key in path[:-1]:
         node = node.setdefault(key, {})
     node[path[-1]] = value
+
+
+def redact_sync(value: Any) -> Any:
+    """Desired sync settings as they may be reported back: credentials masked."""
+    if not isinstance(value, dict):
+        return value
+    return {k: ("***" if k in SYNC_SECRETS and v else v) for k, v in value.items()}
 
 
 def ack(value: Any, code: int, version: int | None, description: str) -> dict[str, Any]:

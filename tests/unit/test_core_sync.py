@@ -114,3 +114,29 @@ def test_reboot_during_sync_does_not_confuse_the_operations() -> None:
     assert h.core.player_state() == "rebooting"
     out = h.feed(OperationDone(at=h.tick(), op_id=reboot_op.op_id, ok=True))
     assert [t.name for t in h.only(out, fx.StartTimer)] == ["reboot_overdue"]
+
+
+def test_desired_sync_settings_configure_sync_and_are_acknowledged_without_secrets() -> None:
+    from amora.core.events import LinkUp
+
+    h = Harness(iothub_configured=True)
+    h.start()
+    h.feed(LinkUp(at=h.tick(), link="iothub"))
+    assert h.response(h.command("syncContent"))["error"]["code"] == "not_configured"
+    url = "https://acct.blob.core.windows.net/music?sv=2024&sp=rl&sig=SECRET"
+    h.feed(
+        DesiredPatch(
+            at=h.tick(), patch={"content": {"sync": {"container_url": url, "prefix": "a"}}, "$version": 3}
+        )
+    )
+    ack = h.core.acks[("content", "sync")]
+    assert ack["ac"] == 200 and ack["value"]["container_url"] == "***" and ack["value"]["prefix"] == "a"
+    out = h.command("syncContent", command_id="c2")
+    op = h.only(out, fx.StartOperation)[0]
+    assert op.args["desired"] == {"container_url": url, "prefix": "a"}
+    # a patch merges; null removes a key
+    h.feed(DesiredPatch(at=h.tick(), patch={"content": {"sync": {"prefix": None}}, "$version": 4}))
+    assert h.core.desired_sync == {"container_url": url}
+    bad = h.feed(DesiredPatch(at=h.tick(), patch={"content": {"sync": {"concurrency": 999}}, "$version": 5}))
+    assert h.core.acks[("content", "sync")]["ac"] == 400
+    assert "SECRET" not in str(bad)
