@@ -23,7 +23,9 @@ log = logging.getLogger("amora.agent")
 EXIT_CONFIG = 2
 
 
-def core_settings(config: Config) -> CoreSettings:
+def core_settings(config: Config, sync: Any = None) -> CoreSettings:
+    """`sync`: the content sync settings (amora.sync.SyncSettings) if content.sync is present."""
+
     def policy(backoff: Any) -> BackoffPolicy:
         return BackoffPolicy(
             initial_delay=backoff.initial_delay,
@@ -47,7 +49,9 @@ def core_settings(config: Config) -> CoreSettings:
         enable_device_twin=config.iot.enable_device_twin if config.iot is not None else False,
         enable_direct_methods=config.iot.enable_direct_methods if config.iot is not None else False,
         telemetry_interval=config.iot.telemetry_interval if config.iot is not None else 0.0,
-        sync_configured=False,
+        sync_configured=sync is not None and sync.source is not None,
+        sync_enabled=bool(sync is not None and sync.enabled),
+        sync_interval=float(sync.interval_seconds) if sync is not None else 0.0,
         reboot_command=tuple(config.system.reboot_command),
         reboot_guard_seconds=config.system.reboot_guard_seconds,
         startup_volume=config.audio.volume,
@@ -117,7 +121,10 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
     if came_back.note:
         log.info("reboot marker: %s", came_back.note)
 
-    settings = core_settings(config)
+    from amora import operations
+
+    sync = operations.sync_settings(config) if config.content.sync is not None else None
+    settings = core_settings(config, sync)
     record_path = record or config.logging.record
     recorder = TraceRecorder(record_path, secret_values(config), settings) if record_path else None
     core = AgentCore(settings) if recorder is None else RecordingCore(settings, recorder)
@@ -129,6 +136,7 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
             boot_time=reboot.boot_time(),
             rebooted_on_request=came_back.came_back_from_requested_reboot,
             version=__version__,
+            sync_last_success=operations.sync_last_success(config) if sync is not None else None,
         ),
     )
     broker = config.broker
@@ -150,22 +158,7 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
 
         runtime.attach("iothub", IotHubLink(IotHubSettings.from_config(config.iot), emit=runtime.emit))
 
-    async def do_reboot(args: dict[str, Any]) -> tuple[bool, Any, str]:
-        mqtt = runtime.mqtt
-        if mqtt is not None:
-            # the response and the `rebooting` state must be with the broker before the reboot
-            await mqtt.flush(5.0)
-        if not config.dev_mode:
-            try:
-                reboot.write_marker(state_dir, str(args.get("command_id") or ""))
-            except OSError as exc:
-                log.warning("could not write the reboot marker: %s", exc)
-        ok, message = await reboot.run_reboot_command(args["command"], config.dev_mode)
-        if not ok:
-            reboot.clear_marker(state_dir)
-        return ok, None, "" if ok else message
-
-    runtime.operations["reboot"] = do_reboot
+    operations.install(runtime, config)
 
     if recorder is not None:
         runtime.recorder = recorder
@@ -220,6 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"amora-agent: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
 
+    if config.content.sync is not None:
+        from amora.operations import sync_settings
+        from amora.sync.config import SyncConfigError
+
+        try:
+            sync_settings(config)
+        except SyncConfigError as exc:
+            print(f"amora-agent: invalid configuration:\n{exc}", file=sys.stderr)
+            return EXIT_CONFIG
+
     from amora.security import permission_refusal, startup_warnings
 
     warnings = startup_warnings(config, args.config)
@@ -242,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.logging.level.upper(), config.logging.format, secret_values(config))  # type: ignore[arg-type]
     # transitions narrates every callback at INFO; the agent logs what matters itself
     logging.getLogger("transitions").setLevel(logging.WARNING)
+    # the IoT Hub SDK narrates every publish at INFO
+    if config.logging.level.lower() != "debug":
+        logging.getLogger("azure").setLevel(logging.WARNING)
     for warning in warnings:
         log.warning("%s", warning)
     log.info("amora-agent %s starting for device %s", __version__, config.broker.device_id)

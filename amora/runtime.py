@@ -68,6 +68,7 @@ class RuntimeOptions:
     rebooted_on_request: bool = False
     version: str = ""
     seed: int | None = None
+    sync_last_success: float | None = None
 
 
 class Runtime:
@@ -94,6 +95,7 @@ class Runtime:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: list[asyncio.Task[Any]] = []
+        self._running_ops: dict[str, set[asyncio.Task[Any]]] = {}
         self._stopped = asyncio.Event()
         self._free_space: int | None = None
 
@@ -137,6 +139,7 @@ class Runtime:
                 version=self.options.version,
                 free_space=self._measure_free_space(),
                 rebooted_on_request=self.options.rebooted_on_request,
+                sync_last_success=self.options.sync_last_success,
             )
         )
         try:
@@ -166,11 +169,24 @@ class Runtime:
         self._execute(self.core.handle(event))
 
     async def _finish_closing(self) -> None:
-        if not self._closing:
+        # operations first (a sync must finish its cleanup), then the links, within the stop timeout
+        ops = [task for tasks in self._running_ops.values() for task in tasks]
+        for task in ops:
+            task.cancel()
+        waiting = ops + self._closing
+        if not waiting:
             return
-        _done, pending = await asyncio.wait(self._closing, timeout=self.options.stop_timeout)
+        _done, pending = await asyncio.wait(waiting, timeout=self.options.stop_timeout)
         for task in pending:
             task.cancel()
+
+    async def cancel_operations(self, name: str, timeout: float = 10.0) -> None:
+        """Cancel the running operations called `name` and wait until they have cleaned up."""
+        tasks = list(self._running_ops.get(name, ()))
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     # ------------------------------------------------------------------ effects
 
@@ -219,7 +235,10 @@ class Runtime:
                 if handle is not None:
                     handle.cancel()
             case fx.StartOperation():
-                self._spawn(self._run_operation(effect))
+                task = self._spawn(self._run_operation(effect))
+                running = self._running_ops.setdefault(effect.operation, set())
+                running.add(task)
+                task.add_done_callback(running.discard)
             case fx.Log():
                 log.log(logging.getLevelName(effect.level.upper()), "%s", effect.message)
             case fx.Stop():
@@ -263,6 +282,10 @@ class Runtime:
             return
         try:
             ok, result, error = await operation(dict(effect.args))
+        except asyncio.CancelledError:
+            ok, result, error = False, None, "cancelled"
+            self.emit(OperationDone(at=self.clock(), op_id=effect.op_id, ok=ok, result=result, error=error))
+            raise
         except Exception as exc:
             log.exception("operation %s failed", effect.operation)
             ok, result, error = False, None, f"{type(exc).__name__}: {exc}"

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.mosquitto",
     "tests.fixtures.agent",
     "tests.fixtures.iothub",
+    "tests.fixtures.azurite",
 ]

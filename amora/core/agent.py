@@ -136,9 +136,10 @@ class Request:
 
 @dataclass(slots=True)
 class _Pending:
-    kind: str  # "command" | "state" | "startup"
+    kind: str  # "command" | "state" | "startup" | "sync_refresh"
     request: Request | None
     plan: Plan | None = None
+    done: OperationDone | None = None  # sync_refresh: the outcome to publish once MPD was re-read
 
 
 class _ChartModel:
@@ -697,6 +698,20 @@ class AgentCore:
 
     def _sync_done(self, event: OperationDone) -> None:
         result = event.result if isinstance(event.result, dict) else {}
+        if result.get("changed") and self.link_state("mpd") == "online":
+            # the playlists folder changed behind MPD's back (no idle event for that): re-read
+            # everything before calling the sync done, so "done" means the agent sees it too
+            if self.sync_status is not None:
+                self.sync_status = {**self.sync_status, "phase": "refreshing"}
+                self._dirty = True
+            call_id = self._new_id()
+            self._pending[call_id] = _Pending("sync_refresh", None, done=event)
+            self.emit(fx.MpdCall(call_id=call_id, ops=[["snapshot"]]))
+            return
+        self._finish_sync(event)
+
+    def _finish_sync(self, event: OperationDone) -> None:
+        result = event.result if isinstance(event.result, dict) else {}
         if event.ok:
             self.sync_last_success = self.now
         previous = self.sync_status or {}
@@ -782,9 +797,12 @@ class AgentCore:
         pending = self._pending.pop(event.call_id, None)
         if pending is None:
             return  # answered already (the link dropped before the result came)
+        if pending.kind == "sync_refresh" and pending.done is not None:
+            self._finish_sync(pending.done)
+            return
         if pending.kind == "startup":
             if not event.ok:
-                self.emit(fx.Log("warning", f"could not set the startup volume: {event.error}"))
+                self.emit(fx.Log("warning", f"MPD refused the agent's own call: {event.error}"))
             return
         request = pending.request
         assert request is not None
@@ -816,6 +834,8 @@ class AgentCore:
         for item in pending.values():
             if item.request is not None:
                 self._respond_error(item.request, code, message)
+            elif item.kind == "sync_refresh" and item.done is not None:
+                self._finish_sync(item.done)  # the files are there; MPD will be re-read on reconnect
 
     # ------------------------------------------------------------------ operations
 

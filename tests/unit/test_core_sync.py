@@ -61,6 +61,7 @@ def test_progress_and_outcome_are_published() -> None:
         "changed": True,
     }
     out = h.feed(OperationDone(at=h.tick(), op_id=op.op_id, ok=True, result=result))
+    out = h.result(h.mpd_call(out).call_id, None)  # MPD re-read after new content
     assert h.core.player_state() == "paused"
     state = h.only(out, fx.PublishState)[0].state
     assert state["sync"]["ok"] is True and state["sync"]["downloaded"] == 7
@@ -84,6 +85,7 @@ def test_new_content_loads_the_default_playlist_when_idle() -> None:
     h.feed(DesiredPatch(at=h.tick(), patch={"content": {"default_playlist": "focus"}, "$version": 2}))
     op = h.only(h.command("syncContent"), fx.StartOperation)[0]
     out = h.feed(OperationDone(at=h.tick(), op_id=op.op_id, ok=True, result={"changed": True}))
+    out = h.result(h.mpd_call(out).call_id, None)
     assert h.mpd_call(out).ops == [["clear"], ["load", "focus"]]
 
 
@@ -140,3 +142,15 @@ def test_desired_sync_settings_configure_sync_and_are_acknowledged_without_secre
     bad = h.feed(DesiredPatch(at=h.tick(), patch={"content": {"sync": {"concurrency": 999}}, "$version": 5}))
     assert h.core.acks[("content", "sync")]["ac"] == 400
     assert "SECRET" not in str(bad)
+
+
+def test_changed_content_is_done_only_after_mpd_was_read_again() -> None:
+    h = synced()
+    op = h.only(h.command("syncContent"), fx.StartOperation)[0]
+    out = h.feed(OperationDone(at=h.tick(), op_id=op.op_id, ok=True, result={"changed": True}))
+    call = h.mpd_call(out)
+    assert call.ops == [["snapshot"]]
+    assert h.core.player_state() == "syncing" and h.core.sync_status["phase"] == "refreshing"
+    out = h.result(call.call_id, None)
+    assert h.core.player_state() == "playing"
+    assert h.only(out, fx.PublishState)[0].state["sync"]["phase"] == "done"
