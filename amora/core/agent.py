@@ -395,8 +395,14 @@ class AgentCore:
         if self.shutting_down:
             return
         self.shutting_down = True
+        # what changed since the last publication is said before going: the last truth, then offline
         if self.link_state("mqtt") == "online":
+            if self._dirty:
+                self._publish_state(force=False)
             self.emit(fx.PublishConnection(online=False))
+        if self.link_state("iothub") == "online":
+            self._report(full=False, throttle=False)
+        self._dirty = False
         self._try_fire("shutdown")  # fires in every link region that is not offline
         self.emit(fx.Stop())
 
@@ -1001,9 +1007,10 @@ class AgentCore:
             else "stored; no container configured yet"
         )
         self.acks[path] = twin.ack(twin.redact_sync(merged), twin.AC_APPLIED, version, note)
-        self._sync_timer = False  # the interval may have changed: re-arm from now
+        # new settings (another container, prefix, interval): sync with them soon, then on the interval
+        self._sync_timer = False
         self.emit(fx.CancelTimer(name="sync"))
-        self._arm_sync_timer()
+        self._arm_sync_timer(0.0)
 
     def _desired_command(self, path: tuple[str, ...], value: Any, version: int | None) -> None:
         """Apply a desired property through the command of the same meaning: same checks, same path."""
@@ -1083,7 +1090,7 @@ class AgentCore:
             "acks": acks,
         }
 
-    def _report(self, *, full: bool) -> None:
+    def _report(self, *, full: bool, throttle: bool = True) -> None:
         if not self.settings.enable_device_twin:
             return
         doc = self.reported_document()
@@ -1093,11 +1100,14 @@ class AgentCore:
             if twin.without_volatile(doc) == twin.without_volatile(self._reported):
                 return
             interval = self.settings.min_report_interval
-            if self._last_report_at is not None and self.now - self._last_report_at < interval:
+            recent = self._last_report_at is not None and self.now - self._last_report_at < interval
+            if throttle and recent:
                 if not self._report_timer:
                     self._report_timer = True
                     self.emit(
-                        fx.StartTimer(name="report", delay=interval - (self.now - self._last_report_at))
+                        fx.StartTimer(
+                            name="report", delay=interval - (self.now - (self._last_report_at or 0))
+                        )
                     )
                 return
             patch = twin.merge_diff(self._reported, doc)

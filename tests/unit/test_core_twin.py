@@ -168,3 +168,14 @@ def test_twin_disabled_sends_nothing() -> None:
     assert not reports(h.effects)
     out = h.feed(DesiredPatch(at=h.tick(), patch={"audio": {"volume": 5}, "$version": 2}))
     assert out == []
+
+
+def test_shutdown_sends_the_last_changes_before_going() -> None:
+    from amora.core.events import ShutdownRequested
+
+    h = hub()
+    h.snapshot({**STATUS_PLAYING, "volume": "21"})  # throttled: within 1 s of the last report
+    out = h.feed(ShutdownRequested(at=h.tick()))
+    assert [p["audio"] for p in reports(out)] == [{"volume": 21}]
+    kinds = [type(e) for e in out]
+    assert kinds.index(fx.PublishConnection) < kinds.index(fx.Disconnect)
