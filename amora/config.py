@@ -191,7 +191,6 @@ class IotConfig:
     enable_device_twin: bool
     ca_file: Path | None
     proxy: ProxyConfig | None
-    retry_interval: float
     model_id: str | None
     call_timeout: float
     backoff: Backoff
@@ -549,7 +548,6 @@ class _Builder:
             proxy=None
             if proxy is None
             else ProxyConfig(host=proxy["host"], port=proxy["port"], type=proxy["type"]),
-            retry_interval=float(i["retry_interval"]),
             model_id=i.get("model_id"),
             call_timeout=float(i["call_timeout"]),
             backoff=self.backoff("/iot", i),

@@ -137,7 +137,7 @@ def test_defaults() -> None:
 def test_iot_defaults() -> None:
     iot = parse(minimal(iot={"connection_string": CONN})).iot
     assert iot is not None
-    assert (iot.telemetry_interval, iot.retry_interval, iot.call_timeout) == (60, 10, 10)
+    assert (iot.telemetry_interval, iot.call_timeout) == (60, 10)
     assert iot.backoff == Backoff(initial_delay=2, max_delay=120, multiplier=2, jitter=0.2)
     assert (iot.x509, iot.proxy, iot.ca_file, iot.model_id) == (None, None, None, None)
 
