@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -187,7 +188,7 @@ def test_telemetry_cadence_and_schema(hub_agent: AgentProcess, local_hub: LocalH
     for message in later:
         assert schemas.issues("telemetry", message.json()) == []
     stamps = [m.json()["timestamp"] for m in later[:3]]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert all(0.5 < gap < 2.5 for gap in gaps), gaps
 
 
@@ -196,7 +197,9 @@ def test_hub_unreachable_at_start_does_not_stop_mqtt(
 ) -> None:
     # the guide's placeholder connection string: a host that does not exist
     agent_config["iot"] = {
-        "connection_string": "HostName=your-hub.azure-devices.net;DeviceId=your-device;SharedAccessKey=your-key",
+        "connection_string": (
+            "HostName=your-hub.azure-devices.net;DeviceId=your-device;SharedAccessKey=your-key"
+        ),
         "backoff": {"initial_delay": 0.2, "max_delay": 1},
         "call_timeout": 3,
     }
