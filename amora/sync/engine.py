@@ -417,6 +417,7 @@ class Engine:
 
     def _worker(self, ep: Endpoint, manifest: Manifest, queue: collections.deque[Task]) -> None:
         conn = Connection(ep, self._tuning(), self.stop)
+        task_name = "?"
         with self._lock:
             self._conns.add(conn)
         try:
@@ -425,6 +426,7 @@ class Engine:
                     task = queue.popleft()
                 except IndexError:
                     return
+                task_name = task.blob.name
                 try:
                     self._handle(conn, manifest, task)
                 except BlobSkipped as exc:
@@ -445,7 +447,8 @@ class Engine:
                     self._skip(task.blob.name, f"cannot be written locally: {exc.strerror or exc}")
                     self._add(files=1)
         except BaseException as exc:  # a bug must end the run, not hang it
-            self._fail(f"internal error: {type(exc).__name__}: {exc}")
+            # the type only: an arbitrary exception text could quote a URL with its SAS
+            self._fail(f"internal error while syncing {task_name}: {type(exc).__name__}")
         finally:
             conn.close()
             with self._lock:
@@ -574,6 +577,8 @@ class Engine:
                 ):
                     if offset < RESUME_MIN or not network:
                         _unlink_quiet(tmp)
+                    else:
+                        _fsync_path(tmp)  # a kept partial must survive a power cut intact
                     if isinstance(exc, Stopped) or self.stop.is_set():
                         raise Stopped() from None
                     if network:
@@ -593,6 +598,17 @@ class Engine:
 def _unlink_quiet(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: str) -> None:
