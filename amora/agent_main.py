@@ -242,7 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     faulthandler.enable()  # a watchdog SIGABRT then leaves every thread's stack in the journal
 
-    setup_logging(config.logging.level.upper(), config.logging.format, secret_values(config))  # type: ignore[arg-type]
+    redaction = setup_logging(config.logging.level.upper(), config.logging.format, secret_values(config))  # type: ignore[arg-type]
+    if config.content.sync is not None:
+        # sync credentials may come from the environment or a file: the log filter must know them too
+        from amora.operations import sync_settings
+
+        source = sync_settings(config).source
+        if source is not None:
+            redaction.add_secrets(source.container_url, source.connection_string)
     # transitions narrates every callback at INFO; the agent logs what matters itself
     logging.getLogger("transitions").setLevel(logging.WARNING)
     # the IoT Hub SDK narrates every publish at INFO

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import os
 import stat
@@ -661,7 +662,14 @@ def _scrub(found: list[SchemaIssue], secrets: list[str], *, from_schema: bool) -
 
 def _is_secretish(key: str) -> bool:
     lowered = key.lower()
+    if lowered in _sync_schema_secrets():
+        return True  # what schemas/sync.schema.json declares secret (a container URL carries its SAS)
     return any(word in lowered for word in _SECRETISH) and not lowered.endswith(_NOT_SECRETISH_SUFFIXES)
+
+
+@functools.cache
+def _sync_schema_secrets() -> frozenset[str]:
+    return frozenset(str(k).lower() for k in schemas.load("sync").get("x-secrets", ()))
 
 
 def _sync_secrets(value: Any) -> Iterator[str]:

@@ -535,3 +535,11 @@ def test_env_default_is_the_process_environment(monkeypatch: pytest.MonkeyPatch,
     path.write_text(json.dumps(minimal()))
     assert load_config(path).mpd.password == "from-process-env"
     assert os.environ["AMORA_MPD_PASSWORD"] == "from-process-env"
+
+
+def test_sync_container_url_is_a_secret() -> None:
+    url = "https://acct.blob.core.windows.net/music?sv=2024&sp=rl&sig=VERYSECRETSIG"
+    c = parse(minimal(content={"storage_path": "/srv/music", "sync": {"container_url": url}}))
+    assert redacted(c)["content"]["sync"]["container_url"] == "***"
+    assert url in secret_values(c)
+    assert "VERYSECRETSIG" not in repr(c)
