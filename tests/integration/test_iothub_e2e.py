@@ -233,12 +233,8 @@ def test_wrong_ca_and_bad_credentials_back_off_with_clear_errors(
         process.stop()
     local_hub.reject_credentials(True)
     agent_config["iot"] = iot_section(local_hub)
-    process = (
-        AgentProcess(agent_config, tmp_path / "again").start()
-        if (tmp_path / "again").mkdir() is None
-        else None
-    )
-    assert process is not None
+    (tmp_path / "again").mkdir()
+    process = AgentProcess(agent_config, tmp_path / "again").start()
     try:
         controller.wait_state(
             lambda s: s["links"]["iothub"] == "backoff" and s["links"]["mpd"] == "online",
