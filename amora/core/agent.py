@@ -243,6 +243,7 @@ class AgentCore:
         self._config: dict[str, str] | None = None  # region -> state, cached between triggers
         self._firing = False
         self._dirty = False
+        self._awaiting_song = False
         self._last_published: dict[str, Any] | None = None
         self._attempts: dict[str, int] = dict.fromkeys(LINKS, 0)
         self._next_id = 0
@@ -281,12 +282,13 @@ class AgentCore:
     def drain(self) -> list[fx.Effect]:
         """Coalesced publications, once the queue is empty."""
         self._effects = []
-        if self._dirty:
+        if self._dirty and not self._awaiting_song:
             if self.link_state("mqtt") == "online":
                 self._publish_state(force=False)
             if self.link_state("iothub") == "online":
                 self._report(full=False)
-        self._dirty = False
+        if not self._awaiting_song:
+            self._dirty = False
         out, self._effects = self._effects, []
         return out
 
@@ -418,6 +420,7 @@ class AgentCore:
 
     def _on_link_down(self, event: LinkDown) -> None:
         if event.link == "mpd":
+            self._awaiting_song = False
             self._fail_pending("mpd_unavailable", f"MPD connection lost: {event.reason}")
         moved = self._try_fire(f"{event.link}_down")
         if moved:
@@ -787,6 +790,8 @@ class AgentCore:
 
     def _on_snapshot(self, event: MpdSnapshot) -> None:
         picture = self.picture
+        if event.song is not None or event.status is None:
+            self._awaiting_song = False
         if event.status is not None:
             picture.apply_status(event.status, event.at)
         if event.song is not None:
@@ -823,6 +828,18 @@ class AgentCore:
         if pending.kind == "state":
             self._respond_ok(request, self.state_document())
             return
+        status = event.results[-1] if event.results else None
+        if isinstance(status, dict):
+            # MPD's word right after the command: the next command must see it even if the idle
+            # snapshot is still on its way (volumeStep after setVolume, toggle after pause)
+            if str(status.get("songid")) != str(self.picture.song_id):
+                # another song: publish nothing until the snapshot brings its title (it follows
+                # within milliseconds); a state with the new status and the old track would lie
+                self._awaiting_song = True
+            self.picture.apply_status(status, event.at, with_song=False)
+            self._dirty = True
+            if self.picture.playback != self.player_state():
+                self._try_fire("mpd_state")
         plan = pending.plan
         if plan is not None:
             for key, value in plan.remember.items():

@@ -74,7 +74,9 @@ class PlayerPicture:
     muted: bool = False
     volume_before_mute: int | None = None
 
-    def apply_status(self, status: dict[str, Any], at: float) -> None:
+    def apply_status(self, status: dict[str, Any], at: float, *, with_song: bool = True) -> None:
+        """`with_song=False`: the status that came back with a command; its song fields are left for
+        the snapshot that follows (it brings the song's metadata with them)."""
         self.known = True
         self.playback = _PLAYBACK.get(str(status.get("state")), "stopped")
         volume = _int(status.get("volume"), -1)
@@ -95,13 +97,15 @@ class PlayerPicture:
         ):
             self.loaded_playlist = None  # the queue changed since the agent loaded it
         self.queue_version = version
+        self.mpd_error = _text(status.get("error"))
+        self.updating_db = "updating_db" in status
+        if not with_song:
+            return
         self.song_pos = _int(status.get("song"))
         self.song_id = _text(status.get("songid"))
         self.elapsed = _float(status.get("elapsed"))
         self.duration = _float(status.get("duration"))
         self.sampled_at = at
-        self.mpd_error = _text(status.get("error"))
-        self.updating_db = "updating_db" in status
         if self.song_id is None:
             self.track = None
 
