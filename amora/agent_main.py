@@ -112,6 +112,13 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
     from amora.adapters.mqtt import MqttLink
     from amora.mqtt.settings import MqttSettings
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The IoT Hub SDK runs its blocking calls on the loop's default executor (6 threads on 2 cores):
+    # with the MQTT connects sharing it, a few slow calls could stall every SDK call behind them.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=16, thread_name_prefix="amora-io")
+    )
     state_dir = config.system.state_dir
     try:
         state_dir.mkdir(parents=True, exist_ok=True)

@@ -279,7 +279,12 @@ class IotHubLink:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.shutdown(), self.settings.call_timeout)
 
-    async def close(self) -> None:
+    async def close(self, drain_timeout: float = 2.0) -> None:
+        if self._up:
+            # what the core reported or answered just before shutting down still goes out
+            waiting: list[Any] = [asyncio.ensure_future(self._outbox.join()), *self._responses]
+            await asyncio.wait(waiting, timeout=drain_timeout)
+            waiting[0].cancel()
         self._up = False
         if self._worker is not None:
             self._worker.cancel()
@@ -355,18 +360,24 @@ class IotHubLink:
     async def _drain_outbox(self) -> None:
         while True:
             kind, item = await self._outbox.get()
-            client = self._client
-            if client is None or not self._up:
-                # A sample that could not be sent is not kept (the twin has the truth); a report is
-                # superseded by the full report after the reconnect.
-                continue
             try:
-                await asyncio.wait_for(self._send(client, kind, item), self.settings.call_timeout)
-            except Exception as exc:
-                reason = describe_error(exc)
-                log.warning("IoT Hub %s failed: %s", kind, reason)
-                if kind == "report":
-                    self._lost(f"reported properties not accepted: {reason}")
+                await self._send_one(kind, item)
+            finally:
+                self._outbox.task_done()
+
+    async def _send_one(self, kind: str, item: Any) -> None:
+        client = self._client
+        if client is None or not self._up:
+            # A sample that could not be sent is not kept (the twin has the truth); a report is
+            # superseded by the full report after the reconnect.
+            return
+        try:
+            await asyncio.wait_for(self._send(client, kind, item), self.settings.call_timeout)
+        except Exception as exc:
+            reason = describe_error(exc)
+            log.warning("IoT Hub %s failed: %s", kind, reason)
+            if kind == "report":
+                self._lost(f"reported properties not accepted: {reason}")
 
     async def _send(self, client: Any, kind: str, item: Any) -> None:
         from azure.iot.device import Message
