@@ -107,12 +107,12 @@ class RecordingCore(AgentCore):
 
 
 async def run_agent(config: Config, *, record: Path | None = None) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from amora import reboot, systemd
     from amora.adapters.mpd import MpdLink, MpdSettings
     from amora.adapters.mqtt import MqttLink
     from amora.mqtt.settings import MqttSettings
-
-    from concurrent.futures import ThreadPoolExecutor
 
     # The IoT Hub SDK runs its blocking calls on the loop's default executor (6 threads on 2 cores):
     # with the MQTT connects sharing it, a few slow calls could stall every SDK call behind them.
