@@ -415,7 +415,6 @@ class Stack:
                 f"  its read/list SAS URL is in {_show(sync['container_url_file'])} (content.sync in the "
                 "config).",
                 f"  {amora} sync --config {cfg}",
-                "    (an agent built without content sync answers not_configured)",
                 f"  then: {amora} send loadPlaylist --param playlist=cloud --config {cfg}",
             ]
         lines += ["=" * 100, ""]
