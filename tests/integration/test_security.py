@@ -23,7 +23,7 @@ from urllib.parse import quote, quote_plus
 import paho.mqtt.client as paho
 import pytest
 
-from tests.fixtures.agent import DEVICE, AgentProcess, Controller, make_config
+from tests.fixtures.agent import DEVICE, AgentProcess, Controller, make_config, wait_on
 from tests.fixtures.mosquitto import MosquittoFactory
 from tools.iothub_standin import LocalHub
 from tools.stack import proc
@@ -101,16 +101,7 @@ class Client:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what}")
-                self.lock.wait(left)
+        return wait_on(self.lock, predicate, timeout, what)
 
     def on(self, topic: str) -> list[bytes]:
         with self.lock:
