@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from amora import schemas
-from tests.fixtures.agent import AgentProcess, Controller
+from tests.fixtures.agent import AgentProcess, Controller, running_agent
 from tools.iothub_standin import LocalHub
 from tools.stack.mpd import MpdServer
 
@@ -55,19 +55,11 @@ def hub_agent(
     agent_config: dict[str, Any], local_hub: LocalHub, controller: Controller, tmp_path: Path
 ) -> Iterator[AgentProcess]:
     agent_config["iot"] = iot_section(local_hub)
-    process = AgentProcess(agent_config, tmp_path).start()
-    try:
-        controller.wait_state(
-            lambda s: s["links"] == {"mqtt": "online", "mpd": "online", "iothub": "online"},
-            timeout=30,
-            what="all links online",
-        )
+    all_online = {"mqtt": "online", "mpd": "online", "iothub": "online"}
+    with running_agent(
+        agent_config, tmp_path, controller, ready=lambda s: s["links"] == all_online, timeout=30
+    ) as process:
         yield process
-    except AssertionError:
-        print(process.log()[-4000:])
-        raise
-    finally:
-        process.stop()
 
 
 def method(hub: LocalHub, name: str, payload: Any = None) -> tuple[int, Any]:
