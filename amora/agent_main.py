@@ -186,7 +186,8 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
     runtime.on_alive = alive
 
     def on_effects(_: Any) -> None:
-        notifier.status(systemd.format_link_status(core.configuration(), state=core.player_state()))
+        links = {region: state for region, state in core.configuration().items() if region != "player"}
+        notifier.status(systemd.format_link_status(links, state=core.player_state()))
 
     runtime.on_effects = on_effects
 
