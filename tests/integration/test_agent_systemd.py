@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,10 +34,8 @@ class NotifySocket:
             if left <= 0:
                 raise AssertionError(f"timed out waiting for {what}; got {self.messages[-5:]}")
             self.sock.settimeout(left)
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                pass
 
     def close(self) -> None:
         self.sock.close()
