@@ -256,3 +256,15 @@ def test_twin_and_methods_can_be_disabled(
         assert json.dumps(reported(local_hub)).find("volume") == -1
     finally:
         process.stop()
+
+
+def test_plug_and_play_model_id_is_announced(
+    agent_config: dict[str, Any], local_hub: LocalHub, controller: Controller, tmp_path: Path
+) -> None:
+    agent_config["iot"] = iot_section(local_hub, model_id="dtmi:amora:player;1")
+    with running_agent(
+        agent_config, tmp_path, controller, ready=lambda s: s["links"]["iothub"] == "online", timeout=30
+    ):
+        log = (local_hub.state_dir / "broker" / "mosquitto.log").read_text(errors="replace")
+        # the SDK puts the model id into the MQTT user name, which the broker logs on connect
+        assert "model-id=dtmi%3Aamora%3Aplayer%3B1" in log or "model-id=dtmi:amora:player;1" in log
