@@ -3,8 +3,9 @@
 Why not the SDK's clients for the data path: its per-request pipeline costs ~6 ms CPU per blob and
 its listing parser ~0.4 ms per entry, which made a plain SDK sync 2-4x slower than rclone. Here
 each worker thread keeps one keep-alive connection and does one GET per blob; listings are parsed
-with the C ElementTree. The SDK is still used where it is the reference: turning a connection
-string with an account key into a short-lived read/list container SAS (imported only then).
+with the C ElementTree's pull parser, one blob at a time. The SDK is still used where it is the
+reference: turning a connection string with an account key into a short-lived read/list container
+SAS (imported only then).
 
 Error texts never contain the SAS query or the account key: only scheme, host and path.
 """
@@ -22,10 +23,11 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 API_VERSION = "2021-12-02"
 LIST_PAGE = 5000
+LIST_CHUNK = 64 * 1024
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -224,7 +226,9 @@ def raise_for_status(resp: http.client.HTTPResponse, ep: Endpoint, what: str) ->
 
 def list_blobs(conn: Connection, prefix: str) -> Iterator[RemoteBlob]:
     """All blobs under `prefix` (flat listing, service order), page by page. The next page is
-    fetched while the current one is parsed (the marker is read from the raw tail first)."""
+    fetched while the current one is parsed (its marker is read from the raw tail first). A page
+    is parsed incrementally, keeping only the four fields the sync needs: a 5,000-blob page is
+    ~3 MB of XML but ~16 MB as a whole element tree, which used to set the sync's peak memory."""
     ep = conn.ep
 
     def fetch(marker: str) -> bytes:
@@ -239,6 +243,8 @@ def list_blobs(conn: Connection, prefix: str) -> Iterator[RemoteBlob]:
             return resp.read()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
+            if conn.stop.is_set():
+                raise Stopped() from None
             raise RemoteError(f"listing from {ep.describe()} failed: {_describe_exc(exc)}") from None
 
     body = fetch("")
@@ -256,23 +262,53 @@ def list_blobs(conn: Connection, prefix: str) -> Iterator[RemoteBlob]:
 
             prefetch = threading.Thread(target=run, name="sync-list", daemon=True)
             prefetch.start()
+        page = _Page(body)
+        del body
         try:
-            root = ET.fromstring(body)
+            yield from page.blobs()
         except ET.ParseError:
+            raise RemoteError(f"listing from {ep.describe()} is not valid XML") from None
+        finally:
             if prefetch is not None:
                 prefetch.join()  # it uses the connection: let it finish before anyone closes it
-            raise RemoteError(f"listing from {ep.describe()} is not valid XML") from None
-        blobs = root.find("Blobs")
-        if blobs is not None:
-            for b in blobs.iterfind("Blob"):
-                yield _parse_blob(b)
-        if prefetch is None:
+        if prefetch is None and not page.next_marker:
             return
-        prefetch.join()
+        if prefetch is None or page.next_marker != marker:
+            # The raw tail and the parsed document disagree (never seen): trust the parser.
+            body = fetch(page.next_marker) if page.next_marker else b""
+            if not body:
+                return
+            continue
         result = ahead[0]
         if isinstance(result, BaseException):
             raise result
         body = result
+
+
+class _Page:
+    def __init__(self, body: bytes) -> None:
+        self.body: bytes | None = body
+        self.next_marker = ""
+
+    def blobs(self) -> Iterator[RemoteBlob]:
+        body, self.body = self.body, None
+        assert body is not None
+        parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(("end",))
+        view = memoryview(body)
+        for i in range(0, len(view) + 1, LIST_CHUNK):
+            if i < len(view):
+                parser.feed(view[i : i + LIST_CHUNK])
+            else:
+                parser.close()
+            for event in parser.read_events():
+                el = cast("tuple[str, ET.Element]", event)[1]  # "end" events only: always elements
+                tag = el.tag
+                if tag == "Blob":
+                    blob = _parse_blob(el)
+                    el.clear()  # finished elements stay in the tree otherwise
+                    yield blob
+                elif tag == "NextMarker":
+                    self.next_marker = el.text or ""
 
 
 def _next_marker(body: bytes) -> str:
