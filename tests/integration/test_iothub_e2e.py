@@ -268,3 +268,38 @@ def test_plug_and_play_model_id_is_announced(
         log = (local_hub.state_dir / "broker" / "mosquitto.log").read_text(errors="replace")
         # the SDK puts the model id into the MQTT user name, which the broker logs on connect
         assert "model-id=dtmi%3Aamora%3Aplayer%3B1" in log or "model-id=dtmi:amora:player;1" in log
+
+
+EVERY_METHOD: dict[str, Any] = {
+    "loadPlaylist": {"playlist": "focus"},
+    "play": None,
+    "pause": None,
+    "toggle": None,
+    "next": None,
+    "previous": None,
+    "seek": {"position": 1.0},
+    "setVolume": {"volume": 30},
+    "volumeStep": {"step": 5},
+    "mute": None,
+    "unmute": None,
+    "setRandom": {"enabled": True},
+    "setRepeat": {"enabled": True},
+    "setSingle": {"enabled": False},
+    "setConsume": {"enabled": False},
+    "listPlaylists": None,
+    "listOutputs": None,
+    "selectOutput": {"output": "Speaker B"},
+    "enableOutput": {"output": "Speaker A"},
+    "disableOutput": {"output": "Speaker B"},
+    "getState": None,
+    "ping": None,
+    "stop": None,
+}
+
+
+def test_the_whole_vocabulary_as_direct_methods(hub_agent: AgentProcess, local_hub: LocalHub) -> None:
+    assert set(EVERY_METHOD) | {"syncContent", "reboot"} == set(schemas.command_names())
+    for name, payload in EVERY_METHOD.items():
+        status, body = method(local_hub, name, payload)
+        assert status == 200 and body["status"] == "ok", (name, body)
+        assert body["command"] == name and schemas.issues("response", body) == []
