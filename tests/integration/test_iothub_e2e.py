@@ -303,3 +303,15 @@ def test_the_whole_vocabulary_as_direct_methods(hub_agent: AgentProcess, local_h
         status, body = method(local_hub, name, payload)
         assert status == 200 and body["status"] == "ok", (name, body)
         assert body["command"] == name and schemas.issues("response", body) == []
+
+
+def test_changes_made_while_offline_reach_the_twin_after_reconnect(
+    hub_agent: AgentProcess, local_hub: LocalHub, controller: Controller, mpd_server: MpdServer
+) -> None:
+    local_hub.cut()
+    controller.wait_state(lambda s: s["links"]["iothub"] != "online", timeout=30, what="iothub down")
+    mpd_server.mpc("volume", "66")
+    controller.wait_state(lambda s: s["volume"] == 66, what="volume 66 in state")
+    assert reported(local_hub)["audio"]["volume"] != 66
+    local_hub.restore()
+    wait_until(lambda: reported(local_hub)["audio"]["volume"] == 66, timeout=30, what="reported 66")
