@@ -308,6 +308,7 @@ def test_the_whole_vocabulary_as_direct_methods(hub_agent: AgentProcess, local_h
 def test_changes_made_while_offline_reach_the_twin_after_reconnect(
     hub_agent: AgentProcess, local_hub: LocalHub, controller: Controller, mpd_server: MpdServer
 ) -> None:
+    wait_until(lambda: "audio" in reported(local_hub), what="the first full report")
     local_hub.cut()
     controller.wait_state(lambda s: s["links"]["iothub"] != "online", timeout=30, what="iothub down")
     mpd_server.mpc("volume", "66")
