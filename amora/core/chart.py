@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transitions.extensions import HierarchicalMachine
-
 from amora import schemas
+from amora.core.machine import ChartMachine
 
 SEP = "_"  # transitions' default separator between nested state names
 
@@ -147,9 +146,9 @@ def machine_config(chart: Chart) -> dict[str, Any]:
     return {"states": states, "transitions": transitions, "initial": chart.name}
 
 
-def build_machine(chart: Chart, model: object) -> HierarchicalMachine:
+def build_machine(chart: Chart, model: object) -> ChartMachine:
     lint_model(chart, model)
-    return HierarchicalMachine(
+    return ChartMachine(
         model=model,
         auto_transitions=False,
         send_event=True,
