@@ -113,6 +113,27 @@ async def test_cold_then_no_change(blob_container: BlobContainer, targets: SyncT
     assert {p: os.stat(p).st_mtime_ns for p in manifest_files(targets)} == mtimes
 
 
+async def test_paged_listing(
+    blob_container: BlobContainer, targets: SyncTargets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listings of several pages (markers holding XML-escaped characters at page ends) are
+    parsed incrementally, the next page fetched while the current one is parsed."""
+    from amora.sync import remote
+
+    monkeypatch.setattr(remote, "LIST_PAGE", 3)
+    monkeypatch.setattr(remote, "LIST_CHUNK", 100)  # elements split across parser feeds
+    blobs = {
+        f"{d}/{n:02d} <R&B> 'live' \"x\".mp3": content(i)
+        for i, (d, n) in enumerate((d, n) for d in ("A&B", "C<D>", "E") for n in range(4))
+    }
+    blob_container.seed(blobs)
+    out = await sync(blob_container, targets)
+    assert out.ok and (out.downloaded, out.skipped) == (len(blobs), []), out
+    assert visible_files(targets.music_dir) == blobs
+    out2 = await sync(blob_container, targets)
+    assert out2.ok and (out2.downloaded, out2.unchanged) == (0, len(blobs))
+
+
 async def test_changed_deleted_and_ownership(blob_container: BlobContainer, targets: SyncTargets) -> None:
     blob_container.seed(LIBRARY)
     assert (await sync(blob_container, targets)).ok
