@@ -10,7 +10,9 @@ per-command answer parsers, so results look exactly as python-mpd2 returns them)
 - the idle connection: `idle <subsystems>` and, after each wake-up, one command list that re-reads
   what changed and re-enters idle in the same write. python-mpd2's idle iterator waits
   IMMEDIATE_COMMAND_TIMEOUT (0.1 s) before re-entering idle, which would make the second event of
-  a burst ~100 ms late; this path has no timer at all.
+  a burst ~100 ms late; this path has no timer at all. It is the same protocol class as the command
+  connection: the wake-up, the re-read and the MpdSnapshot all happen in `data_received`, with no
+  task between MPD's notice and the event (an external change reaches the core that much sooner).
 
 Failure handling follows /work/shared/notes/mpd.md: every request has a `settings.timeout`
 deadline, and any timeout or connection error tears both connections down, fails the pending
@@ -190,71 +192,6 @@ def _parse_field(name: str, lines: list[str]) -> Any:
     return objs[0] if objs else {}
 
 
-class _IdleConnection:
-    """A bare MPD protocol connection used only for idle and the re-reads that follow it."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    @classmethod
-    async def open(cls, settings: MpdSettings) -> _IdleConnection:
-        if settings.is_unix:
-            path = "\0" + settings.host[1:] if settings.host.startswith("@") else settings.host
-            reader, writer = await asyncio.open_unix_connection(path)
-        else:
-            reader, writer = await asyncio.open_connection(settings.host, settings.port)
-        _set_nodelay(writer)
-        conn = cls(reader, writer)
-        try:
-            hello = await conn._line()
-            if not hello.startswith("OK MPD "):
-                raise mpd.ProtocolError(f"unexpected greeting {hello[:40]!r}")
-            if settings.password is not None:
-                conn.write(f"password {_quote(settings.password)}\n")
-                await conn.response()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def write(self, text: str) -> None:
-        self._writer.write(text.encode("utf-8"))
-
-    async def _line(self) -> str:
-        raw = await self._reader.readline()
-        if not raw.endswith(b"\n"):
-            raise mpd.ConnectionError("Connection lost while reading line")
-        return raw[:-1].decode("utf-8")
-
-    async def response(self) -> list[str]:
-        """Lines up to `OK`; `ACK ...` raises CommandError."""
-        lines: list[str] = []
-        while True:
-            line = await self._line()
-            if line == "OK":
-                return lines
-            if line.startswith("ACK "):
-                raise mpd.CommandError(line[4:].strip())
-            lines.append(line)
-
-    async def command_list(self, count: int) -> list[list[str]]:
-        """The answer to a `command_list_ok_begin` of `count` commands: one line list per command."""
-        parts: list[list[str]] = [[]]
-        for line in await self.response():
-            if line == "list_OK":
-                parts.append([])
-            else:
-                parts[-1].append(line)
-        if len(parts) != count + 1 or parts[-1]:
-            raise mpd.ProtocolError("malformed command list answer")
-        return parts[:-1]
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()
-
-
 Done = Callable[[list[list[str]] | None, str], None]
 
 
@@ -303,13 +240,22 @@ class _CommandConnection(asyncio.Protocol):
     def request(self, commands: list[str], done: Done, timer: asyncio.TimerHandle | None = None) -> None:
         """Send `commands` as one command list (a single command goes bare) and queue `done`."""
         assert self._transport is not None
-        listed = len(commands) != 1
-        if listed:
-            text = "command_list_ok_begin\n" + "\n".join(commands) + "\ncommand_list_end\n"
-        else:
-            text = commands[0] + "\n"
-        self._pending.append(_Request(done, listed, timer))
+        self._transport.write(self._queue(commands, done, timer).encode("utf-8"))
+
+    def request_then(
+        self, commands: list[str], done: Done, timer: asyncio.TimerHandle | None, then: str, then_done: Done
+    ) -> None:
+        """`request(commands, ...)` followed by the bare command `then`, in one write."""
+        assert self._transport is not None
+        text = self._queue(commands, done, timer) + self._queue([then], then_done, None)
         self._transport.write(text.encode("utf-8"))
+
+    def _queue(self, commands: list[str], done: Done, timer: asyncio.TimerHandle | None) -> str:
+        listed = len(commands) != 1
+        self._pending.append(_Request(done, listed, timer))
+        if listed:
+            return "command_list_ok_begin\n" + "\n".join(commands) + "\ncommand_list_end\n"
+        return commands[0] + "\n"
 
     def after_pending(self, fn: Callable[[], None]) -> None:
         """Run `fn` once every request sent so far is answered (at once if none is pending), so
@@ -453,12 +399,12 @@ class MpdLink:
         self._settings = settings
         self._emit = emit
         self._clock = clock
-        self._idle_command = "idle " + " ".join(IDLE_SUBSYSTEMS) + "\n"
-        self._generation = 0  # bumped per connect/close, so a stale task cannot report a new link
+        self._idle_command = "idle " + " ".join(IDLE_SUBSYSTEMS)
+        self._generation = 0  # bumped per connect/close, so a stale answer cannot report a new link
         self._up = False
         self._conn: _CommandConnection | None = None
-        self._idle: _IdleConnection | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()  # the idle loop
+        self._idle: _CommandConnection | None = None
+        self._held_wake: Callable[[], None] | None = None  # an idle answer that came during connect()
         self._update_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
@@ -475,37 +421,53 @@ class MpdLink:
         generation = self._generation
         settings = self._settings
         conn: _CommandConnection | None = None
-        idle: _IdleConnection | None = None
+        idle: _CommandConnection | None = None
+        failure: list[str] = []  # a connection lost while connecting
 
         def lost(reason: str) -> None:
-            self._lost(generation, reason)
+            if generation == self._generation and not self._up:
+                failure.append(reason)
+                for c in (conn, idle):
+                    if c is not None:
+                        c.fail_all(reason)  # whatever connect() awaits fails now
+            else:
+                self._lost(generation, reason)
 
         try:
             async with asyncio.timeout(settings.timeout):
                 conn = await _CommandConnection.open(settings, lost)
                 if settings.password is not None:
                     await _ask(conn, [f"password {_quote(settings.password)}"])
-                idle = await _IdleConnection.open(settings)
+                idle = await _CommandConnection.open(settings, lost)
+                if settings.password is not None:
+                    await _ask(idle, [f"password {_quote(settings.password)}"])
                 # Enter idle before reading the snapshot: a change between the two is then reported.
-                idle.write(self._idle_command)
+                self._enter_idle(idle, generation)
                 parts = await _ask(conn, list(_SNAPSHOT_COMMANDS))
                 snapshot = self._snapshot(parts)
+                if failure:
+                    raise mpd.ConnectionError(failure[0])
         except (*_LINK_ERRORS, mpd.CommandError) as exc:
+            self._held_wake = None
             if conn is not None:
                 conn.close()
             if idle is not None:
                 idle.close()
             if generation == self._generation:
-                self._emit(LinkDown(at=self._clock(), link="mpd", reason=_reason(exc, settings.timeout)))
+                reason = failure[0] if failure else _reason(exc, settings.timeout)
+                self._emit(LinkDown(at=self._clock(), link="mpd", reason=reason))
             return
         if generation != self._generation:  # close() ran meanwhile
+            self._held_wake = None
             conn.close()
             idle.close()
             return
         self._conn, self._idle, self._up = conn, idle, True
         self._emit(LinkUp(at=self._clock(), link="mpd"))
         self._emit(dataclasses.replace(snapshot, at=self._clock()))  # keep `at` monotonic
-        self._spawn(self._run_idle(idle, generation))
+        held, self._held_wake = self._held_wake, None
+        if held is not None:
+            held()  # a change while connecting: reported after LinkUp and the first snapshot
 
     def call(self, effect: MpdCall) -> None:
         """Send `effect` now; its MpdResult (and, for a "snapshot" op, an MpdSnapshot first) is
@@ -572,10 +534,6 @@ class MpdLink:
         self._generation += 1
         self._up = False
         self._teardown("MPD link closed")
-        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- command connection ----------------------------------------------------------------------
     def _deadline(self, generation: int) -> asyncio.TimerHandle:
@@ -629,40 +587,72 @@ class MpdLink:
         return MpdSnapshot(at=self._clock(), status=status, song=song, outputs=outputs, playlists=playlists)
 
     # -- idle connection -------------------------------------------------------------------------
-    async def _run_idle(self, idle: _IdleConnection, generation: int) -> None:
+    def _enter_idle(self, idle: _CommandConnection, generation: int) -> None:
+        idle.request([self._idle_command], lambda parts, error: self._woke(idle, generation, parts, error))
+
+    def _woke(
+        self, idle: _CommandConnection, generation: int, parts: list[list[str]] | None, error: str
+    ) -> None:
+        """MPD's answer to idle: re-read what changed (and idle again), or report the failure."""
+        if parts is None or generation != self._generation:
+            return  # the connection is gone; its loss was reported once already
+        if not self._up:
+            self._held_wake = lambda: self._woke(idle, generation, parts, error)
+            return
+        if error:
+            self._lost(generation, f"CommandError: {error}")
+            return
+        changed = [line.partition(": ")[2] for line in parts[0]]
+        wanted = {f for sub in changed for f in _REREAD.get(sub, ())}
+        fields = [f for f in _FIELDS if f in wanted]
+        if not fields:
+            self._enter_idle(idle, generation)
+            return
+        commands = [_READ_COMMAND[f] for f in fields]
+
+        def reread(parts: list[list[str]] | None, error: str) -> None:
+            self._reread(idle, generation, fields, parts, error)
+
+        timer = self._deadline(generation)
+        if self._settings.is_unix:
+            # Re-read, then idle again at once: changes during the re-read are held by MPD for that
+            # next idle, so the second event of a burst is never delayed by a timer.
+            idle.request_then(
+                commands,
+                reread,
+                timer,
+                self._idle_command,
+                lambda parts, error: self._woke(idle, generation, parts, error),
+            )
+        else:
+            # Over TCP, MPD (no TCP_NODELAY) would hold an immediate idle answer behind the
+            # unacknowledged re-read answer until our delayed ACK (~40 ms); sending idle only after
+            # the answer arrived carries that ACK.
+            idle.request(commands, reread, timer)
+
+    def _reread(
+        self,
+        idle: _CommandConnection,
+        generation: int,
+        fields: list[str],
+        parts: list[list[str]] | None,
+        error: str,
+    ) -> None:
+        if parts is None or generation != self._generation:
+            return
+        if error or len(parts) != len(fields):
+            self._lost(generation, f"CommandError: {error}" if error else "malformed command list answer")
+            return
+        if not self._settings.is_unix:
+            self._enter_idle(idle, generation)
         try:
-            while True:
-                changed = [line.partition(": ")[2] for line in await idle.response()]
-                wanted = {f for sub in changed for f in _REREAD.get(sub, ())}
-                fields = [f for f in _FIELDS if f in wanted]
-                if not fields:
-                    idle.write(self._idle_command)
-                    continue
-                # Re-read, then idle again at once: changes during the re-read are held by MPD for
-                # that next idle, so the second event of a burst is never delayed by a timer.
-                reread = (
-                    "command_list_ok_begin\n"
-                    + "".join(_READ_COMMAND[f] + "\n" for f in fields)
-                    + "command_list_end\n"
-                )
-                if self._settings.is_unix:
-                    idle.write(reread + self._idle_command)
-                    parts = await asyncio.wait_for(idle.command_list(len(fields)), self._settings.timeout)
-                else:
-                    # Over TCP, MPD (no TCP_NODELAY) would hold an immediate idle answer behind the
-                    # unacknowledged re-read answer until our delayed ACK (~40 ms); sending idle only
-                    # after the answer arrived carries that ACK.
-                    idle.write(reread)
-                    parts = await asyncio.wait_for(idle.command_list(len(fields)), self._settings.timeout)
-                    idle.write(self._idle_command)
-                values = {f: _parse_field(f, lines) for f, lines in zip(fields, parts, strict=True)}
-                if generation != self._generation:
-                    return
-                self._emit(MpdSnapshot(at=self._clock(), **values))
-                if "status" in values:
-                    self._check_updates(values["status"])
-        except (*_LINK_ERRORS, mpd.CommandError) as exc:
+            values = {f: _parse_field(f, lines) for f, lines in zip(fields, parts, strict=True)}
+        except mpd.ProtocolError as exc:
             self._lost(generation, _reason(exc, self._settings.timeout))
+            return
+        self._emit(MpdSnapshot(at=self._clock(), **values))
+        if "status" in values:
+            self._check_updates(values["status"])
 
     def _check_updates(self, status: dict[str, Any]) -> None:
         running = status.get("updating_db")
@@ -678,9 +668,6 @@ class MpdLink:
         self._up = False
         self._generation += 1
         self._teardown(reason)
-        for t in list(self._tasks):
-            if t is not asyncio.current_task():
-                t.cancel()
         self._emit(LinkDown(at=self._clock(), link="mpd", reason=reason))
 
     def _teardown(self, reason: str) -> None:
@@ -688,17 +675,13 @@ class MpdLink:
         self._conn = self._idle = None
         if idle is not None:
             idle.close()
+            idle.fail_all(reason)
         if conn is not None:
             conn.close()
             conn.fail_all(reason)
         for _, waiter in self._update_waiters:
             if not waiter.done():
                 waiter.set_exception(mpd.ConnectionError(reason))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 async def _ask(
