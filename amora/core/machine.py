@@ -89,24 +89,28 @@ class _Event(NestedEvent):
 class _Plan:
     """What `_resolve_transition` decided, without the event it was decided for."""
 
-    __slots__ = ("enters", "exits", "model_states")
+    __slots__ = ("enters", "exits", "model_states", "states")
 
     def __init__(
-        self, exits: list[tuple[Any, list[str]]], enters: list[tuple[Any, list[str]]], model_states: Any
+        self,
+        exits: list[tuple[Any, list[str]]],
+        enters: list[tuple[Any, list[str]]],
+        model_states: Any,
+        states: Any,
     ):
         self.exits = exits
         self.enters = enters
-        self.model_states = model_states
+        self.model_states = model_states  # the model's attribute after the transition (names)
+        self.states = states  # event_data.state after the transition (state objects)
 
     @classmethod
-    def of(
-        cls, event_data: Any, exit_partials: list[Any], enter_partials: list[Any], model_states: Any
-    ) -> _Plan | None:
+    def of(cls, event_data: Any, exit_partials: list[Any], enter_partials: list[Any]) -> _Plan | None:
         exits = _steps(event_data, exit_partials, NestedState.scoped_exit)
         enters = _steps(event_data, enter_partials, NestedState.scoped_enter)
         if exits is None or enters is None:
             return None
-        return cls(exits, enters, model_states)
+        model_states = getattr(event_data.model, event_data.machine.model_attribute)
+        return cls(exits, enters, _copy_config(model_states), _copy_config(event_data.state))
 
 
 def _steps(event_data: Any, partials: list[Any], method: Any) -> list[tuple[Any, list[str]]] | None:
@@ -145,18 +149,16 @@ class _Transition(NestedTransition):
             for func in enter_partials:
                 func()
             if config_key is not None and not getattr(machine.get_state(self.dest), "initial", None):
-                model_states = getattr(event_data.model, machine.model_attribute)
-                plan = _Plan.of(event_data, exit_partials, enter_partials, _copy_config(model_states))
+                plan = _Plan.of(event_data, exit_partials, enter_partials)
                 if plan is not None:
                     machine.plans[key] = plan
             return
         for state, scope in plan.exits:
             state.scoped_exit(event_data, list(scope))
-        # as NestedTransition._update_model, with the configuration it would have built
-        with machine():
-            machine.set_state(_copy_config(plan.model_states), event_data.model)
-            states = machine.get_states(_listify(plan.model_states))
-            event_data.state = states[0] if len(states) == 1 else states
+        # as NestedTransition._update_model: plain names (the configuration key says so) are set
+        # as they are, so set_state's look-ups would only find the states the plan already holds
+        setattr(event_data.model, machine.model_attribute, _copy_config(plan.model_states))
+        event_data.state = _copy_config(plan.states)
         for state, scope in plan.enters:
             state.scoped_enter(event_data, list(scope))
 
@@ -186,6 +188,7 @@ class ChartMachine(HierarchicalMachine):
         self.visit_orders: dict[Any, tuple[tuple[str, ...], ...]] = {}
         self.plans: dict[Any, _Plan] = {}
         self._knows_cache: dict[tuple[int, str], bool] = {}
+        self.trees: dict[Any, Any] = {}
         self._has_final: bool | None = None
         super().__init__(*args, **kwargs)
 
@@ -203,6 +206,7 @@ class ChartMachine(HierarchicalMachine):
         self.visit_orders = {}
         self.plans = {}
         self._knows_cache = {}
+        self.trees = {}
         self._has_final = None
 
     @property
@@ -236,7 +240,12 @@ class ChartMachine(HierarchicalMachine):
         # subtree none of whose states knows the trigger (that visit finds nothing and does nothing)
         if _state_tree is None:
             config = getattr(event_data.model, self.model_attribute)
-            _state_tree = self.build_state_tree(_listify(config), self.state_cls.separator)
+            config_key = _config_key(config)
+            _state_tree = self.trees.get(config_key) if config_key is not None else None
+            if _state_tree is None:
+                _state_tree = self.build_state_tree(_listify(config), self.state_cls.separator)
+                if config_key is not None:
+                    self.trees[config_key] = _state_tree  # only read below, never changed
         res = {}
         for key, value in _state_tree.items():
             if value and self._knows(self.states[key], trigger):
