@@ -191,13 +191,15 @@ class Runtime:
     # ------------------------------------------------------------------ effects
 
     def _execute(self, effects: list[fx.Effect]) -> None:
-        if self.on_effects is not None and effects:
-            self.on_effects(effects)
         for effect in effects:
             try:
                 self._execute_one(effect)
             except Exception:
                 log.exception("failed to carry out %s", effect.kind)
+        # observers (the status line) after the effects: a publication or response is not held up
+        # by bookkeeping
+        if self.on_effects is not None and effects:
+            self.on_effects(effects)
 
     def _execute_one(self, effect: fx.Effect) -> None:
         match effect:

@@ -61,8 +61,11 @@ class DeviceTopics:
         return cls(f"{base}/commands", f"{base}/responses", f"{base}/state", f"{base}/connection")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def compact_json(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(doc).encode("utf-8")
 
 
 class MqttLink:
