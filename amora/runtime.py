@@ -97,17 +97,34 @@ class Runtime:
         self._closing: list[asyncio.Task[Any]] = []
         self._running_ops: dict[str, set[asyncio.Task[Any]]] = {}
         self._stopped = asyncio.Event()
+        self._parked = False  # the consumer waits on an empty queue
+        self._busy = False  # an item is being handled (by the consumer or emit_now)
         self._free_space: int | None = None
 
     # adapters call this (from the loop's thread)
     def emit(self, event: Event) -> None:
         self.queue.put_nowait(event)
 
+    def emit_now(self, event: Event) -> None:
+        """`emit` for an adapter that has one event to report from a loop callback: if the consumer
+        is idle (nothing queued, nothing being handled) the event is handled right here, publications
+        included, instead of one loop iteration later when the woken consumer gets to it. Sources
+        that may emit several events in one callback use `emit`, so those are handled and
+        coalesced together as before."""
+        if not self._parked or self._busy or not self.queue.empty() or self._stopped.is_set():
+            self.queue.put_nowait(event)
+            return
+        self._consume(event)
+        if self._stopped.is_set():
+            self.queue.put_nowait(_ALIVE)  # the parked consumer must wake to see it
+
     def emit_threadsafe(self, loop: asyncio.AbstractEventLoop, event: Event) -> None:
         loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
     def attach(self, name: str, link: Link) -> None:
         self.links[name] = link
+        if hasattr(link, "emit_now"):
+            link.emit_now = self.emit_now  # links that can use the prompt path say so
         if name == "mqtt":
             self.mqtt = link  # type: ignore[assignment]
         elif name == "mpd":
@@ -144,13 +161,15 @@ class Runtime:
         )
         try:
             while not self._stopped.is_set():
-                item = await self.queue.get()
-                if item is not _ALIVE:
-                    self._apply(item)
-                    if self.queue.empty() and not self._stopped.is_set():
-                        self._execute(self.core.drain())
-                if self.on_alive is not None:
-                    self.on_alive()
+                if self.queue.empty():
+                    self._parked = True
+                    try:
+                        item = await self.queue.get()
+                    finally:
+                        self._parked = False
+                else:
+                    item = self.queue.get_nowait()
+                self._consume(item)
             await self._finish_closing()
         finally:
             sampler.cancel()
@@ -159,6 +178,18 @@ class Runtime:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+    def _consume(self, item: Any) -> None:
+        self._busy = True
+        try:
+            if item is not _ALIVE:
+                self._apply(item)
+                if self.queue.empty() and not self._stopped.is_set():
+                    self._execute(self.core.drain())
+            if self.on_alive is not None:
+                self.on_alive()
+        finally:
+            self._busy = False
 
     def _apply(self, event: Event) -> None:
         if self.recorder is not None:
