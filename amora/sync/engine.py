@@ -17,6 +17,7 @@ import contextlib
 import errno
 import hashlib
 import http.client
+import itertools
 import os
 import threading
 import time
@@ -328,7 +329,7 @@ class Engine:
                     continue
                 _unlink_quiet(path)  # ours by name: a stale temp file of an older run
         removals = [p for p in manifest.files if p not in desired]
-        return downloads, removals
+        return _across_folders(downloads), removals
 
     def _scan(self, folders: set[str]) -> dict[str, dict[str, int]]:
         """Names in each folder (no stat, except -1 sizes resolved for our temp files)."""
@@ -593,6 +594,17 @@ class Engine:
                 _unlink_quiet(tmp)
                 raise BlobSkipped("downloaded content does not match the blob's Content-MD5")
             return digest
+
+
+def _across_folders(tasks: list[Task]) -> list[Task]:
+    """Listing order puts a folder's files together, so parallel downloads would all create and
+    rename in one directory and queue on its lock in the kernel; take one file per folder in turn."""
+    by_folder: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_folder.setdefault(t.dest.rpartition("/")[0], []).append(t)
+    if len(by_folder) < 2:
+        return tasks
+    return [t for row in itertools.zip_longest(*by_folder.values()) for t in row if t is not None]
 
 
 def _unlink_quiet(path: str) -> None:
