@@ -261,8 +261,8 @@ class IotHubLink:
         self.settings = settings
         self._emit = emit
         # For a method request (one event per hop onto the loop): the runtime may handle it at
-        # once (Runtime.emit_now); everything else goes through `emit`.
-        self.emit_now: Callable[[Event], None] = emit
+        # once (Runtime.emit_now, set when attached); everything else goes through `emit`.
+        self.emit_now: Callable[[Event], None] | None = None
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
@@ -401,7 +401,7 @@ class IotHubLink:
 
     def _method_arrived(self, request: Any) -> None:
         self._methods[request.request_id] = request
-        self.emit_now(
+        (self.emit_now or self._emit)(
             MethodCall(
                 at=self._clock(), request_id=request.request_id, name=request.name, payload=request.payload
             )

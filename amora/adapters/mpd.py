@@ -406,8 +406,8 @@ class MpdLink:
         self._idle: _CommandConnection | None = None
         self._held_wake: Callable[[], None] | None = None  # an idle answer that came during connect()
         # For the one snapshot each idle wake-up produces: the runtime may handle it at once
-        # (Runtime.emit_now); everything else goes through `emit`.
-        self.emit_now: Callable[[Event], None] = emit
+        # (Runtime.emit_now, set when attached); everything else goes through `emit`.
+        self.emit_now: Callable[[Event], None] | None = None
         self._update_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
@@ -653,7 +653,7 @@ class MpdLink:
         except mpd.ProtocolError as exc:
             self._lost(generation, _reason(exc, self._settings.timeout))
             return
-        self.emit_now(MpdSnapshot(at=self._clock(), **values))
+        (self.emit_now or self._emit)(MpdSnapshot(at=self._clock(), **values))
         if "status" in values:
             self._check_updates(values["status"])
 
