@@ -290,15 +290,32 @@ class _CommandConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
-        if b"\n" not in buffer:
+        end = buffer.rfind(b"\n")
+        if end < 0:
             self._buffer = buffer
             return
-        *lines, self._buffer = buffer.split(b"\n")
+        self._buffer = buffer[end + 1 :]
         try:
-            for raw in lines:
-                self._line(raw.decode("utf-8"))
+            # one decode for the whole chunk: a UTF-8 sequence never spans a line break
+            lines = buffer[:end].decode("utf-8").split("\n")
+            # answer lines go straight to the request at the head; only the lines that end a
+            # command (or an answer) take the full path
+            head = self._head()
+            for line in lines:
+                if head is not None and line != "OK" and line != "list_OK" and not line.startswith("ACK "):
+                    head.parts[-1].append(line)
+                    continue
+                self._line(line)
+                head = self._head()
         except (mpd.ProtocolError, UnicodeDecodeError) as exc:
             self._lost(f"{type(exc).__name__}: {exc}")
+
+    def _head(self) -> _Request | None:
+        """The request the next answer line belongs to, once greeted."""
+        if not self._pending or not self.greeting.done():
+            return None
+        head = self._pending[0]
+        return head if isinstance(head, _Request) else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.greeting.done():
