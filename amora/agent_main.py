@@ -13,9 +13,10 @@ from typing import Any
 
 from amora import __version__
 from amora.config import Config, ConfigError, load_config, redacted, secret_values
-from amora.core.agent import AgentCore, BackoffPolicy, CoreSettings
+from amora.core.agent import AgentCore
 from amora.core.effects import Effect
 from amora.core.events import Event, event_to_json
+from amora.core.settings import BackoffPolicy, CoreSettings
 from amora.runtime import Runtime, RuntimeOptions
 
 log = logging.getLogger("amora.agent")

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from amora.core import effects as fx
-from amora.core.agent import AgentCore, BackoffPolicy, CoreSettings
+from amora.core.agent import AgentCore
 from amora.core.events import (
     EVENT_TYPES,
     LINKS,
@@ -64,6 +64,7 @@ from amora.core.events import (
     TimerFired,
     event_from_json,
 )
+from amora.core.settings import BackoffPolicy, CoreSettings
 
 TRACE_VERSION = 1
 DEFAULT_DEVICE = "amora-sim"

@@ -30,9 +30,10 @@ from typing import Any
 
 from amora import schemas
 from amora.core import effects as fx
-from amora.core.agent import GUARD_ERRORS, HTTP_STATUS, AgentCore, CoreSettings
+from amora.core.agent import GUARD_ERRORS, HTTP_STATUS, AgentCore
 from amora.core.chart import load_chart
 from amora.core.events import Event, LinkUp, MpdResult, MpdSnapshot, MqttMessage, Started
+from amora.core.settings import CoreSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 MQTT_DOC = ROOT / "docs" / "mqtt.md"

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from transitions import MachineError
-from transitions.extensions.nesting import NestedEventData
 
 from amora import schemas
 from amora.core import effects as fx
@@ -46,7 +45,9 @@ from amora.core.events import (
     SystemSample,
     TimerFired,
 )
+from amora.core.model import ChartModel
 from amora.core.player import PlayerPicture
+from amora.core.settings import BackoffPolicy, CoreSettings
 
 HTTP_STATUS = {
     "invalid_json": 400,
@@ -81,47 +82,6 @@ GUARD_ERRORS = {
 _COMMAND_ID_RE = re.compile(rb'"command_id"\s*:\s*"((?:[^"\\]|\\.){1,128})"')
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BackoffPolicy:
-    initial_delay: float = 1.0
-    max_delay: float = 60.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(0, attempt - 1))
-        spread = base * self.jitter
-        return round(max(0.0, base + rng.uniform(-spread, spread)), 6)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CoreSettings:
-    """The part of the configuration the core acts on (no secrets, no paths it would open)."""
-
-    device_id: str
-    version: str = "0.0.0"
-    dev_mode: bool = False
-    max_payload_bytes: int = 65536
-    max_command_age: float | None = None
-    dedupe_window: int = 1000
-    backoff: dict[str, BackoffPolicy] = field(default_factory=dict)
-    iothub_configured: bool = False
-    sync_configured: bool = False
-    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
-    reboot_guard_seconds: float = 600.0
-    reboot_overdue_seconds: float = 120.0
-    enable_device_twin: bool = True
-    enable_direct_methods: bool = True
-    telemetry_interval: float = 60.0
-    min_report_interval: float = 1.0  # reported patches are coalesced to at most one per interval
-    sync_enabled: bool = False  # periodic sync (desired content.sync_enabled overrides it)
-    sync_interval: float = 3600.0  # seconds between periodic syncs; 0 = only at start and on request
-    startup_volume: int | None = None
-    audio_backend: str = "pipewire"
-    audio_device: str = "default"
-    outbox_limit: int = 1000
-
-
 @dataclass(slots=True)
 class Request:
     # "desired": a desired property applied through its command; "internal": the agent's own timers
@@ -142,91 +102,11 @@ class _Pending:
     done: OperationDone | None = None  # sync_refresh: the outcome to publish once MPD was re-read
 
 
-class _ChartModel:
-    """The statechart's model: its guards read the core, its callbacks append effects to it."""
-
-    def __init__(self, core: AgentCore) -> None:
-        self._core = core
-
-    # guards
-    def mpd_online(self, event: NestedEventData) -> bool:
-        return self._core.link_state("mpd") == "online"
-
-    def mpd_has_song(self, event: NestedEventData) -> bool:
-        return self._core.picture.playback != "stopped"
-
-    def mpd_says_playing(self, event: NestedEventData) -> bool:
-        return self._core.picture.playback == "playing"
-
-    def mpd_says_paused(self, event: NestedEventData) -> bool:
-        return self._core.picture.playback == "paused"
-
-    def mpd_says_stopped(self, event: NestedEventData) -> bool:
-        return self._core.picture.playback == "stopped"
-
-    def sync_configured(self, event: NestedEventData) -> bool:
-        return self._core.sync_configured()
-
-    def iothub_configured(self, event: NestedEventData) -> bool:
-        return self._core.settings.iothub_configured
-
-    def dev_mode(self, event: NestedEventData) -> bool:
-        return self._core.settings.dev_mode
-
-    def reboot_allowed(self, event: NestedEventData) -> bool:
-        return self._core.reboot_allowed(event.kwargs["request"])
-
-    # effect callbacks
-    def send_to_mpd(self, event: NestedEventData) -> None:
-        self._core.send_to_mpd(event.kwargs["request"])
-
-    def refresh_state(self, event: NestedEventData) -> None:
-        self._core.refresh_state(event.kwargs["request"])
-
-    def answer_ping(self, event: NestedEventData) -> None:
-        self._core.answer_ping(event.kwargs["request"])
-
-    def start_sync(self, event: NestedEventData) -> None:
-        self._core.start_sync(event.kwargs["request"])
-
-    def finish_sync(self, event: NestedEventData) -> None:
-        self._core.mark_dirty()
-
-    def report_sync_busy(self, event: NestedEventData) -> None:
-        self._core.report_sync_busy(event.kwargs["request"])
-
-    def start_reboot(self, event: NestedEventData) -> None:
-        self._core.start_reboot(event.kwargs["request"])
-
-    def report_dev_reboot(self, event: NestedEventData) -> None:
-        self._core.report_dev_reboot(event.kwargs["request"])
-
-    # link callbacks learn their link from the region the transition belongs to, so one
-    # trigger fired in several regions (shutdown) acts on each link
-    def connect_link(self, event: NestedEventData) -> None:
-        self._core.emit(fx.Connect(link=_region(event)))
-
-    def link_online(self, event: NestedEventData) -> None:
-        self._core.link_online(_region(event))
-
-    def schedule_retry(self, event: NestedEventData) -> None:
-        self._core.schedule_retry(_region(event))
-
-    def close_link(self, event: NestedEventData) -> None:
-        self._core.emit(fx.Disconnect(link=_region(event)))
-
-
-def _region(event: NestedEventData) -> str:
-    # leaf names are "<chart>_<region>_<state>"
-    assert event.transition is not None
-    return str(event.transition.source).split("_")[1]
-
-
 class AgentCore:
     def __init__(self, settings: CoreSettings, chart: Chart | None = None) -> None:
         self.settings = settings
         self.chart = chart or load_chart()
-        self.model = _ChartModel(self)
+        self.model = ChartModel(self)
         self.machine = build_machine(self.chart, self.model)
         self.picture = PlayerPicture()
         self.rng = random.Random(0)

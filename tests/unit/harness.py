@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from amora.core import effects as fx
-from amora.core.agent import AgentCore, BackoffPolicy, CoreSettings
+from amora.core.agent import AgentCore
 from amora.core.events import Event, LinkUp, MethodCall, MpdResult, MpdSnapshot, MqttMessage, Started
+from amora.core.settings import BackoffPolicy, CoreSettings
 
 STATUS_STOPPED = {
     "state": "stop",

@@ -8,7 +8,6 @@ import pytest
 
 from amora import schemas
 from amora.core import effects as fx
-from amora.core.agent import BackoffPolicy
 from amora.core.chart import ChartError, build_machine, load_chart, parse_chart
 from amora.core.events import (
     LinkDown,
@@ -20,6 +19,7 @@ from amora.core.events import (
     SystemSample,
     TimerFired,
 )
+from amora.core.settings import BackoffPolicy
 from tests.unit.harness import OUTPUTS, PLAYLISTS, SONG, STATUS_PLAYING, STATUS_STOPPED, Harness
 
 

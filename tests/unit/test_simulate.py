@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from amora import schemas
-from amora.core.agent import BackoffPolicy, CoreSettings
 from amora.core.events import LinkUp, MqttMessage, Started, TimerFired, event_to_json
+from amora.core.settings import BackoffPolicy, CoreSettings
 from amora.simulate import (
     DRAIN_LINE,
     Header,
