@@ -389,15 +389,7 @@ class MqttBridge:
             rc, mid = client.subscribe(wanted)
         if rc != paho.MQTT_ERR_SUCCESS or mid is None:
             raise NotConnected(f"cannot subscribe: {paho.error_string(rc)}")
-        assert self._loop is not None
-        fut: asyncio.Future[list[int]] = self._loop.create_future()
-        self._subacks[mid] = fut
-        self._write_now(client)
-        try:
-            async with asyncio.timeout(timeout):
-                granted = await fut
-        finally:
-            self._subacks.pop(mid, None)
+        granted = await self._await_ack(client, mid, timeout)
         refused = [topic for (topic, _), g in zip(wanted, granted, strict=False) if g >= 0x80]
         if refused:
             raise SubscribeFailed(f"broker refused subscription to {', '.join(refused)} (not authorised?)")
@@ -409,13 +401,17 @@ class MqttBridge:
         rc, mid = client.unsubscribe(wanted)
         if rc != paho.MQTT_ERR_SUCCESS or mid is None:
             raise NotConnected(f"cannot unsubscribe: {paho.error_string(rc)}")
+        await self._await_ack(client, mid, timeout)
+
+    async def _await_ack(self, client: paho.Client, mid: int, timeout: float) -> list[int]:
+        """Send what paho queued for `mid` and wait for its SUBACK/UNSUBACK (granted QoS list)."""
         assert self._loop is not None
         fut: asyncio.Future[list[int]] = self._loop.create_future()
         self._subacks[mid] = fut
         self._write_now(client)
         try:
             async with asyncio.timeout(timeout):
-                await fut
+                return await fut
         finally:
             self._subacks.pop(mid, None)
 
