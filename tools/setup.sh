@@ -14,7 +14,7 @@ DEBIAN_PACKAGES=(
   sox libsox-fmt-all                      # sample tracks for the local stack and tests
   openssl                                 # test certificates
   graphviz                                # statechart diagrams (SVG)
-  rclone                                  # content sync benchmark baseline
+  rclone time                             # content sync benchmark: baseline and peak RSS
   nodejs npm                              # Azurite (Azure Blob Storage emulator)
   systemd                                 # systemd-analyze verify of the unit file
 )
