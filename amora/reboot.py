@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from amora.fsync import fsync_dir
+
 log = logging.getLogger(__name__)
 
 MARKER_NAME = "reboot-requested.json"
@@ -105,7 +107,7 @@ def write_marker(
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _fsync_dir_best_effort(path.parent)
     return marker
 
 
@@ -113,7 +115,7 @@ def clear_marker(state_dir: Path) -> None:
     """Forget the request (the reboot command failed, so the next start must not claim a reboot)."""
     with contextlib.suppress(FileNotFoundError):
         marker_path(state_dir).unlink()
-    _fsync_dir(Path(state_dir))
+    _fsync_dir_best_effort(Path(state_dir))
 
 
 def take_marker(state_dir: Path, *, current_boot_id: str | None = None) -> RebootOutcome:
@@ -194,14 +196,7 @@ def _tail(output: bytes) -> str:
     return text if len(text) <= _OUTPUT_LIMIT else "..." + text[-_OUTPUT_LIMIT:]
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _fsync_dir_best_effort(directory: Path) -> None:
+    # the marker is a hint for the next start; a folder that cannot be fsynced must not stop a reboot
+    with contextlib.suppress(OSError):
+        fsync_dir(directory)

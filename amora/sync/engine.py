@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from amora.fsync import fsync_dir
 from amora.sync import names
 from amora.sync.manifest import Entry, Manifest, ManifestError
 from amora.sync.model import Phase, SyncOutcome, SyncProgress, SyncSource, SyncTargets, SyncTuning
@@ -208,7 +209,7 @@ class Engine:
         if manifest is not None:
             try:
                 for d in self._touched_dirs:
-                    _fsync_dir(d)
+                    fsync_dir(d, missing_ok=True)
                 manifest.save(last_success=finished if ok else None)
             except OSError as exc:
                 ok = False
@@ -616,17 +617,6 @@ def _fsync_path(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
         return
     try:
         os.fsync(fd)
