@@ -4,9 +4,12 @@ Order of a run: list the container; plan (name checks, collisions, compare with 
 at what is on disk with one scandir per folder, no per-file stat); check free space; remove what
 the container no longer has (only files the sync owns and nobody modified); download the rest with
 N workers, each on its own keep-alive connection. Every download goes to a hidden temp name in the
-destination folder (MPD ignores dot files), is checked against size and Content-MD5, fsynced, and
-only then renamed into place and journalled. Any fatal condition (service gone, disk full, stop
-request) sets one event; workers finish or drop the file in hand and the manifest is saved.
+destination folder (MPD ignores dot files) and is checked against size and Content-MD5. Finished
+temp files are then made durable in groups (group commit: one syncfs(2), i.e. one journal commit,
+for all the files finished since the last one, instead of an fsync each) and only then renamed
+into place and journalled, by one committer thread while the workers go on downloading. Any fatal
+condition (service gone, disk full, stop request) sets one event; workers finish or drop the file
+in hand, files already downloaded are still committed, and the manifest is saved.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from amora.fsync import fsync_dir
+from amora.fsync import fsync_dir, syncfs
 from amora.sync import names
 from amora.sync.manifest import Entry, Manifest, ManifestError
 from amora.sync.model import Phase, SyncOutcome, SyncProgress, SyncSource, SyncTargets, SyncTuning
@@ -47,11 +50,36 @@ from amora.sync.remote import (
 CHUNK = 256 * 1024
 RESUME_MIN = 1024 * 1024  # smaller partial downloads are not worth keeping for a resume
 PROGRESS_INTERVAL = 0.1
+# Group commit: a batch of downloaded files is made durable and renamed into place once it holds
+# this many files or bytes, or its oldest file has waited this long (seconds).
+COMMIT_FILES = 64
+COMMIT_BYTES = 16 * 1024 * 1024
+COMMIT_WAIT = 0.5
+# Workers wait beyond this (a slow card must not let hidden temp files pile up far ahead of what
+# is visible).
+MAX_PENDING_FILES = 4 * COMMIT_FILES
+MAX_PENDING_BYTES = 4 * COMMIT_BYTES
 # Local errors that end the run (the next file would fail the same way); others skip one file.
 _FATAL_ERRNO = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
 
 
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        release = os.uname().release.split("-", 1)[0].split(".")
+        return (int(release[0]), int(release[1])) >= (major, minor)
+    except (ValueError, IndexError, AttributeError):
+        return False
+
+
+# syncfs(2) returns writeback errors only since Linux 5.8; before that, fsync each file.
+_SYNCFS_REPORTS_ERRORS = os.name == "posix" and os.uname().sysname == "Linux" and _kernel_at_least(5, 8)
+
+
 class LocalFatal(Exception):
+    pass
+
+
+class _DropBatch(Exception):
     pass
 
 
@@ -62,6 +90,13 @@ class Task:
     dest: str
     entry: Entry | None  # the manifest entry for dest, if the sync owns it
     partial: int = 0  # bytes of a resumable temp file already on disk
+
+
+@dataclass(slots=True)
+class Fetched:
+    task: Task
+    tmp: str  # the verified, complete temp file
+    md5: str
 
 
 def resolve_endpoint(source: SyncSource) -> Endpoint:
@@ -115,11 +150,19 @@ class Engine:
         self._cancelled = False
         self._skipped: list[tuple[str, str]] = []
         self._made_dirs: set[str] = set()
+        self._folder_dev: dict[str, int] = {}
         self._touched_dirs: set[str] = set()
         self._phase: Phase = "listing"
         self._files_done = self._files_total = self._bytes_done = self._bytes_total = 0
         self._downloaded = self._removed = self._unchanged = self._bytes = 0
         self._last_emit = 0.0
+        # group commit: workers append, the committer takes whole batches
+        self._commit_cv = threading.Condition()
+        self._pending: list[Fetched] = []
+        self._pending_bytes = 0
+        self._pending_since = 0.0
+        self._fetching_done = False
+        self._commit_broken = False  # a fatal local error: drop what is still pending
 
     # --- control, from any thread ---------------------------------------------------------------
 
@@ -412,10 +455,156 @@ class Engine:
             threading.Thread(target=self._worker, args=(ep, manifest, queue), name=f"sync-{i}", daemon=True)
             for i in range(max(1, min(self.tuning.concurrency, len(tasks))))
         ]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        committer = threading.Thread(
+            target=self._committer, args=(manifest,), name="sync-commit", daemon=True
+        )
+        committer.start()
+        try:
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        finally:
+            with self._commit_cv:
+                self._fetching_done = True
+                self._commit_cv.notify_all()
+            committer.join()
+
+    # --- group commit ---------------------------------------------------------------------------
+
+    def _enqueue_commit(self, item: Fetched) -> None:
+        size = item.task.blob.size
+        with self._commit_cv:
+            while (
+                self._pending
+                and not self._commit_broken
+                and (
+                    len(self._pending) >= MAX_PENDING_FILES or self._pending_bytes + size > MAX_PENDING_BYTES
+                )
+            ):
+                self._commit_cv.wait()
+            if self._commit_broken:
+                _unlink_quiet(item.tmp)
+                return
+            first = not self._pending
+            if first:
+                self._pending_since = time.monotonic()  # the committer arms its COMMIT_WAIT from here
+            self._pending.append(item)
+            self._pending_bytes += size
+            if first or len(self._pending) >= COMMIT_FILES or self._pending_bytes >= COMMIT_BYTES:
+                self._commit_cv.notify_all()
+
+    def _committer(self, manifest: Manifest) -> None:
+        """Commit what has been downloaded, batch by batch, until the workers are done and nothing
+        is pending. A batch is cut at COMMIT_FILES files or COMMIT_BYTES bytes, when its oldest
+        file has waited COMMIT_WAIT seconds, or when the workers are done; a commit of one file
+        each would cost a journal commit per file again."""
+        while True:
+            with self._commit_cv:
+                while not self._fetching_done:
+                    if self._pending and (
+                        len(self._pending) >= COMMIT_FILES
+                        or self._pending_bytes >= COMMIT_BYTES
+                        or time.monotonic() - self._pending_since >= COMMIT_WAIT
+                    ):
+                        break
+                    timeout = None
+                    if self._pending:
+                        timeout = max(0.0, self._pending_since + COMMIT_WAIT - time.monotonic())
+                    self._commit_cv.wait(timeout)
+                if not self._pending:
+                    return
+                batch, self._pending, self._pending_bytes = self._pending, [], 0
+                self._commit_cv.notify_all()
+            try:
+                if self._commit_broken:
+                    raise _DropBatch()
+                self._commit(manifest, batch)
+            except _DropBatch:
+                for item in batch:
+                    _unlink_quiet(item.tmp)
+            except BaseException as exc:  # a bug must end the run, not hang the workers
+                for item in batch:
+                    _unlink_quiet(item.tmp)
+                self._break_commits()
+                self._fail(f"internal error while committing downloads: {type(exc).__name__}")
+
+    def _break_commits(self) -> None:
+        with self._commit_cv:
+            self._commit_broken = True
+            self._commit_cv.notify_all()
+
+    def _commit(self, manifest: Manifest, batch: list[Fetched]) -> None:
+        try:
+            self._make_durable(batch)
+        except OSError as exc:
+            for item in batch:
+                _unlink_quiet(item.tmp)
+            if exc.errno in _FATAL_ERRNO:
+                self._break_commits()
+                self._fail(f"cannot write to {exc.filename or self.targets.music_dir}: {exc.strerror}")
+                return
+            for item in batch:
+                self._skip(item.task.blob.name, f"cannot be written locally: {exc.strerror or exc}")
+                self._add(files=1)
+            return
+        for i, item in enumerate(batch):
+            try:
+                self._place(manifest, item)
+            except BlobSkipped as exc:
+                self._skip(item.task.blob.name, str(exc))
+                self._add(files=1)
+            except OSError as exc:
+                _unlink_quiet(item.tmp)
+                if exc.errno in _FATAL_ERRNO:
+                    for rest in batch[i + 1 :]:
+                        _unlink_quiet(rest.tmp)
+                    self._break_commits()
+                    self._fail(f"cannot write {item.task.dest}: {exc.strerror}")
+                    return
+                self._skip(item.task.blob.name, f"cannot be written locally: {exc.strerror or exc}")
+                self._add(files=1)
+
+    def _make_durable(self, batch: list[Fetched]) -> None:
+        """Data on disk before any rename: one syncfs per file system the batch touches, or an
+        fsync per file where syncfs is missing or does not report writeback errors."""
+        if _SYNCFS_REPORTS_ERRORS:
+            by_dev: dict[int, str] = {}
+            for item in batch:
+                folder = item.tmp.rpartition("/")[0]
+                dev = self._folder_dev.get(folder)
+                if dev is None:
+                    dev = self._folder_dev[folder] = os.stat(folder).st_dev
+                by_dev.setdefault(dev, folder)
+            if all(syncfs(folder) for folder in by_dev.values()):
+                return
+        for item in batch:
+            _fsync_path(item.tmp, strict=True)
+
+    def _place(self, manifest: Manifest, item: Fetched) -> None:
+        task, tmp, md5 = item.task, item.tmp, item.md5
+        blob, dest, entry = task.blob, task.dest, task.entry
+        try:
+            if task.kind == "replace" and entry is not None and not self.force:
+                try:
+                    st = os.stat(dest)
+                except FileNotFoundError:
+                    pass
+                else:
+                    if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
+                        manifest.forget(dest)
+                        raise BlobSkipped(f"{dest} was modified locally: left in place")
+            os.replace(tmp, dest)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        st = os.stat(dest)
+        manifest.record(dest, Entry(blob.name, blob.etag, blob.size, md5, st.st_mtime_ns))
+        self._touched_dirs.add(dest.rpartition("/")[0])
+        with self._lock:
+            self._downloaded += 1
+            self._bytes += blob.size
+        self._add(files=1, current=blob.name)
 
     def _worker(self, ep: Endpoint, manifest: Manifest, queue: collections.deque[Task]) -> None:
         conn = Connection(ep, self._tuning(), self.stop)
@@ -496,31 +685,15 @@ class Engine:
                 self._count_unchanged()
                 self._add(files=1, current=blob.name)
                 return
-            if task.kind == "replace" and entry is not None and not self.force:
-                try:
-                    st = os.stat(dest)
-                except FileNotFoundError:
-                    pass
-                else:
-                    if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
-                        manifest.forget(dest)
-                        raise BlobSkipped(f"{dest} was modified locally: left in place")
-            os.replace(tmp, dest)
         except BaseException:
             _unlink_quiet(tmp)
             raise
-        st = os.stat(dest)
-        manifest.record(dest, Entry(blob.name, blob.etag, blob.size, md5, st.st_mtime_ns))
-        self._touched_dirs.add(folder)
-        with self._lock:
-            self._downloaded += 1
-            self._bytes += blob.size
-        self._add(files=1, current=blob.name)
+        self._enqueue_commit(Fetched(task, tmp, md5))
 
     def _fetch(self, conn: Connection, blob: RemoteBlob, tmp: str, partial: int) -> str:
-        """Download `blob` into `tmp` (resuming from `partial` bytes), verify it, fsync it and return
-        its base64 MD5. A failure part-way is retried (resuming); a stop leaves no file behind
-        unless it is big enough to be worth resuming."""
+        """Download `blob` into `tmp` (resuming from `partial` bytes), verify it and return its
+        base64 MD5 (durability comes with the group commit). A failure part-way is retried
+        (resuming); a stop leaves no file behind unless it is big enough to be worth resuming."""
         path_query = blob_path(conn.ep, blob.name)
         offset = partial
         if offset:
@@ -562,8 +735,6 @@ class Engine:
                         raise BlobSkipped("blob is longer than listed (changed during the sync)")
                     if offset != blob.size:
                         raise http.client.IncompleteRead(b"", blob.size - offset)
-                    fh.flush()
-                    os.fsync(fh.fileno())
             except BlobSkipped:
                 conn.close()
                 _unlink_quiet(tmp)
@@ -613,10 +784,12 @@ def _unlink_quiet(path: str) -> None:
         os.unlink(path)
 
 
-def _fsync_path(path: str) -> None:
+def _fsync_path(path: str, *, strict: bool = False) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
+        if strict:
+            raise
         return
     try:
         os.fsync(fd)
