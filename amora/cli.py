@@ -141,9 +141,10 @@ def resolve(args: argparse.Namespace) -> tuple[MqttSettings, str | None, str]:
 
     url = args.broker or conf.get("broker_url") or "localhost"
     try:
-        host, url_port, url_tls = parse_broker_url(str(url))
+        address = parse_broker_url(str(url))
     except ValueError as exc:
         raise UsageError(f"--broker: {exc}") from None
+    host, url_port, url_tls = address.host, address.port, bool(address.tls)
     tls = bool(args.tls) or url_tls or (args.broker is None and bool(conf.get("use_tls")))
     port = url_port or args.port or (None if args.broker else conf.get("port")) or (8883 if tls else 1883)
     username = args.username or conf.get("username")

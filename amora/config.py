@@ -33,9 +33,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from amora import schemas
+from amora.broker_url import parse_broker_url
 from amora.schemas import SchemaIssue
 
 SCHEMA = "config"
@@ -489,18 +489,20 @@ class _Builder:
     def broker_address(self, raw: Mapping[str, Any]) -> tuple[str, int, bool]:
         """(host, port, tls) from broker_url + the raw port/use_tls keys (see the module docstring)."""
         try:
-            scheme, host, url_port = parse_broker_url(raw["broker_url"])
+            address = parse_broker_url(raw["broker_url"])
         except ValueError as exc:
             self.problem("/broker/broker_url", str(exc))
             return "", 1883, False
+        host, url_port = address.host, address.port
         key_port: int | None = None if raw.get("port") is None else int(raw["port"])
         key_tls: bool | None = raw.get("use_tls")
-        if scheme is None:
+        if address.tls is None:
             use_tls = bool(key_tls)
         else:
-            use_tls = scheme == "mqtts"
+            use_tls = address.tls
             if key_tls is not None and key_tls != use_tls:
-                self.problem("/broker/use_tls", f"contradicts broker_url's scheme {scheme}://")
+                scheme = "mqtts" if use_tls else "mqtt"
+                self.problem("/broker/use_tls", f"contradicts broker_url's scheme ({scheme}://)")
         if url_port is not None and key_port is not None and url_port != key_port:
             self.problem("/broker/port", f"contradicts the port in broker_url ({url_port})")
         port = url_port or key_port or (8883 if use_tls else 1883)
@@ -553,41 +555,6 @@ class _Builder:
             call_timeout=float(i["call_timeout"]),
             backoff=self.backoff("/iot", i),
         )
-
-
-def parse_broker_url(url: str) -> tuple[str | None, str, int | None]:
-    """(scheme or None, host, port or None). Error messages never quote the URL (it might hold
-    credentials by mistake)."""
-    if "://" not in url:
-        host = url.strip("[]") if url.startswith("[") else url
-        if not host or any(c in host for c in "/@?#") or (":" in host and not _is_ipv6(host)):
-            raise ValueError("expected a host name, or mqtt://host[:port] / mqtts://host[:port]")
-        return None, host, None
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"unsupported scheme {parts.scheme!r}; use mqtt:// or mqtts://")
-    if "@" in parts.netloc:
-        raise ValueError("must not contain a user name or password; use broker.username and broker.password")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("must be scheme://host[:port] without a path, query or fragment")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    if not parts.hostname:
-        raise ValueError("has no host")
-    if port == 0:
-        raise ValueError("has an invalid port")
-    return parts.scheme, parts.hostname, port
-
-
-def _is_ipv6(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False
 
 
 def parse_connection_string(value: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Broker connection settings and the broker URL syntax.
+"""Broker connection settings (the broker URL syntax is amora.broker_url's).
 
 `password` is kept out of `repr()` so settings can be logged; nothing in this package formats it.
 """
@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
+
+from amora.broker_url import BrokerAddress, parse_broker_url
+
+__all__ = ["DEFAULT_PORT", "DEFAULT_TLS_PORT", "BrokerAddress", "MqttSettings", "Will", "parse_broker_url"]
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
@@ -82,10 +84,10 @@ class MqttSettings:
     ) -> MqttSettings:
         """Settings from a host name or `mqtt(s)://host[:port]`; an explicit `port`/`tls` wins over a
         default but a port written in the URL wins over `port`."""
-        host, url_port, url_tls = parse_broker_url(url)
-        use_tls = url_tls if tls is None else (tls or url_tls)
-        chosen = url_port or port or (DEFAULT_TLS_PORT if use_tls else DEFAULT_PORT)
-        return cls(host=host, port=chosen, tls=use_tls, **kw)  # type: ignore[arg-type]
+        a = parse_broker_url(url)
+        use_tls = bool(a.tls) if tls is None else (tls or bool(a.tls))
+        chosen = a.port or port or (DEFAULT_TLS_PORT if use_tls else DEFAULT_PORT)
+        return cls(host=a.host, port=chosen, tls=use_tls, **kw)  # type: ignore[arg-type]
 
     @classmethod
     def from_broker_config(cls, broker: Any, **overrides: Any) -> MqttSettings:
@@ -109,41 +111,3 @@ class MqttSettings:
         }
         fields.update(overrides)
         return cls(**fields)
-
-
-def parse_broker_url(url: str) -> tuple[str, int | None, bool]:
-    """`"host"`, `"host:port"`, `"mqtt://host[:port]"` or `"mqtts://host[:port]"` (also `tcp://`,
-    `ssl://`, `tls://`) -> (host, port or None, tls). IPv6 literals go in brackets.
-
-    Raises ValueError for other schemes, paths, or credentials in the URL (they belong in the
-    username/password settings, where they are kept out of logs).
-    """
-    text = url.strip()
-    if not text:
-        raise ValueError("broker URL is empty")
-    if "://" not in text:
-        text = f"mqtt://{text}"
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme in ("mqtt", "tcp"):
-        tls = False
-    elif scheme in ("mqtts", "ssl", "tls"):
-        tls = True
-    else:
-        raise ValueError(f"unsupported broker URL scheme {scheme!r} (use mqtt:// or mqtts://)")
-    if "@" in parts.netloc:
-        raise ValueError("put broker credentials in username/password, not in the broker URL")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("a broker URL has no path or query: use mqtt://host[:port]")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad port in broker URL: {exc}") from None
-    host = parts.hostname or ""
-    if not host:
-        raise ValueError("broker URL has no host")
-    if ":" in host:
-        ipaddress.IPv6Address(host)  # raises ValueError for garbage
-    if port == 0:
-        raise ValueError("broker port 0 is not valid")
-    return host, port, tls

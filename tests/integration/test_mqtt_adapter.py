@@ -16,7 +16,7 @@ import pytest
 
 from amora.adapters.mqtt import MqttLink
 from amora.core.events import Event, LinkDown, LinkUp, MqttMessage
-from amora.mqtt import ConnectFailed, MqttBridge, MqttSettings, parse_broker_url
+from amora.mqtt import BrokerAddress, ConnectFailed, MqttBridge, MqttSettings, parse_broker_url
 from tests.fixtures.mosquitto import AUTH_PASSWORD
 from tools.stack.mosquitto import Mosquitto
 from tools.stack.proc import kill9, spawn
@@ -65,14 +65,18 @@ def make_link(broker: Mosquitto, events: list[Event], **kw: Any) -> MqttLink:
 
 
 def test_broker_url_forms() -> None:
-    assert parse_broker_url("broker.local") == ("broker.local", None, False)
-    assert parse_broker_url("broker.local:1884") == ("broker.local", 1884, False)
-    assert parse_broker_url("mqtt://h:1") == ("h", 1, False)
-    assert parse_broker_url("mqtts://h") == ("h", None, True)
-    assert parse_broker_url("mqtts://[::1]:8884") == ("::1", 8884, True)
+    assert parse_broker_url("broker.local") == BrokerAddress("broker.local", None, None)
+    assert parse_broker_url("broker.local:1884") == BrokerAddress("broker.local", 1884, None)
+    assert parse_broker_url("mqtt://h:1") == BrokerAddress("h", 1, False)
+    assert parse_broker_url("tcp://h") == BrokerAddress("h", None, False)
+    assert parse_broker_url("mqtts://h") == BrokerAddress("h", None, True)
+    assert parse_broker_url("ssl://h:8884") == BrokerAddress("h", 8884, True)
+    assert parse_broker_url("mqtts://[::1]:8884") == BrokerAddress("::1", 8884, True)
+    assert parse_broker_url("::1") == BrokerAddress("::1", None, None)
+    assert parse_broker_url("[::1]:1884") == BrokerAddress("::1", 1884, None)
     s = MqttSettings.from_url("mqtts://h")
     assert (s.host, s.port, s.tls) == ("h", 8883, True)
-    for bad in ("http://h", "mqtt://user:pw@h", "mqtt://h/path", ""):
+    for bad in ("http://h", "mqtt://user:pw@h", "mqtt://h/path", "", "h:99999", "mqtt://", "h:0", "1:2:3"):
         with pytest.raises(ValueError) as err:
             parse_broker_url(bad)
         assert "pw" not in str(err.value)

@@ -303,6 +303,10 @@ def test_parse_config_does_not_mutate_its_input() -> None:
         ({"broker_url": "mqtt://[::1]:1884"}, ("::1", 1884, False)),
         ({"broker_url": "::1"}, ("::1", 1883, False)),
         ({"broker_url": "127.0.0.1"}, ("127.0.0.1", 1883, False)),
+        ({"broker_url": "mqtt.example.com:1884"}, ("mqtt.example.com", 1884, False)),
+        ({"broker_url": "mqtt.example.com:8884", "use_tls": True}, ("mqtt.example.com", 8884, True)),
+        ({"broker_url": "[::1]:1884"}, ("::1", 1884, False)),
+        ({"broker_url": "ssl://mqtt.example.com"}, ("mqtt.example.com", 8883, True)),
     ],
 )
 def test_broker_url_forms(broker: dict[str, Any], expected: tuple[str, int, bool]) -> None:
@@ -317,7 +321,8 @@ def test_broker_url_forms(broker: dict[str, Any], expected: tuple[str, int, bool
         ({"broker_url": "mqtts://h", "use_tls": False}, "/broker/use_tls"),
         ({"broker_url": "mqtt://h:1884", "port": 1885}, "/broker/port"),
         ({"broker_url": "http://h"}, "/broker/broker_url"),
-        ({"broker_url": "h:1883"}, "/broker/broker_url"),
+        ({"broker_url": "h:1883", "port": 1884}, "/broker/port"),
+        ({"broker_url": "h:x"}, "/broker/broker_url"),
         ({"broker_url": "mqtt://h/path"}, "/broker/broker_url"),
         ({"broker_url": "mqtt://h:99999"}, "/broker/broker_url"),
         ({"broker_url": "mqtt://"}, "/broker/broker_url"),
