@@ -47,30 +47,57 @@ class UsageError(Exception):
     pass
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The broker/device options, accepted before the subcommand (`top`) and after it. After it,
+    an option that is not given must not overwrite what was given before it, hence SUPPRESS."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
     g = parser.add_argument_group("broker and device")
-    g.add_argument("--config", type=Path, help="take broker settings and device id from an agent config.json")
-    g.add_argument("--device", help="device id (default: the config's broker.device_id or device.id)")
-    g.add_argument("--broker", help="host, mqtt://host[:port] or mqtts://host[:port] (default localhost)")
-    g.add_argument("--port", type=int)
-    g.add_argument("--username")
-    g.add_argument("--password", help=f"prefer the {PASSWORD_ENV} environment variable")
-    g.add_argument("--tls", action="store_true", default=None, help="use TLS (implied by mqtts://)")
-    g.add_argument("--ca-file")
-    g.add_argument("--cert-file")
-    g.add_argument("--key-file")
     g.add_argument(
-        "--insecure", action="store_true", help="do not verify the broker's certificate (testing only)"
+        "--config",
+        type=Path,
+        default=default(None),
+        help="take broker settings and device id from an agent config.json",
     )
-    g.add_argument("--topic-prefix")
-    g.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker/device")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    g.add_argument(
+        "--device",
+        default=default(None),
+        help="device id (default: the config's broker.device_id or device.id)",
+    )
+    g.add_argument(
+        "--broker",
+        default=default(None),
+        help="host, host:port, mqtt://host[:port] or mqtts://host[:port] (default localhost)",
+    )
+    g.add_argument("--port", type=int, default=default(None))
+    g.add_argument("--username", default=default(None))
+    g.add_argument(
+        "--password", default=default(None), help=f"prefer the {PASSWORD_ENV} environment variable"
+    )
+    g.add_argument("--tls", action="store_true", default=default(None), help="use TLS (implied by mqtts://)")
+    g.add_argument("--ca-file", default=default(None))
+    g.add_argument("--cert-file", default=default(None))
+    g.add_argument("--key-file", default=default(None))
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=default(False),
+        help="do not verify the broker's certificate (testing only)",
+    )
+    g.add_argument("--topic-prefix", default=default(None))
+    g.add_argument(
+        "--timeout", type=float, default=default(10.0), help="seconds to wait for the broker/device"
+    )
+    parser.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="action", required=True, metavar="COMMAND")
 
     send = sub.add_parser("send", help="send a command and print its response")
@@ -80,18 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--params", metavar="JSON", help="all params as one JSON object")
     send.add_argument("--command-id", help="correlation id (default: a new uuid4)")
-    _common(send)
+    _common(send, top=False)
 
     watch = sub.add_parser("watch", help="print state and connection messages as they come")
     watch.add_argument("--count", type=int, help="stop after this many messages")
-    _common(watch)
+    _common(watch, top=False)
 
     state = sub.add_parser("state", help="print the device's retained state")
-    _common(state)
+    _common(state, top=False)
 
     devices = sub.add_parser("devices", help="list devices seen online (retained connection messages)")
     devices.add_argument("--all", action="store_true", help="include devices that are offline")
-    _common(devices)
+    _common(devices, top=False)
 
     sync = sub.add_parser("sync", help="start a content sync, show its progress and outcome")
     sync.add_argument("--force", action="store_true", help="re-verify every file")
@@ -102,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to follow the sync before giving up (exit 3)",
     )
-    _common(sync)
+    _common(sync, top=False)
     return parser
 
 
