@@ -680,17 +680,35 @@ def test_plain_mqtt_to_a_remote_broker_is_logged_as_a_warning_at_start(
 
 
 # --------------------------------------------------------------------------------------------------
-# IoT Hub with X.509. The stand-in's broker does not request client certificates (and
-# tools/iothub_standin has no option for it), so this shows that the agent builds an X.509 client,
-# connects with it and works; that the hub checks the certificate is not shown here.
+# IoT Hub with X.509: the stand-in's device listener requires a client certificate from the
+# device CA (as IoT Hub does for CA-registered devices), so a connection proves the agent presents
+# its certificate; one without a certificate, or with another CA's, is refused.
+
+
+def _tls_handshake(port: int, ca: Path, cert: Path | None = None, key: Path | None = None) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+        # TLS 1.2: a rejected client certificate ends the handshake; read to see the alert
+        tls.settimeout(5)
+        tls.sendall(b"\x10\x00")  # not MQTT: the broker closes; a refused handshake raises first
+        tls.recv(1)
 
 
 def test_iot_hub_with_an_x509_identity_connects_and_answers_methods(
     agent_config: dict[str, Any], controller: Controller, tmp_path: Path
 ) -> None:
     certs = make_test_ca(tmp_path / "device-certs")
-    hub = LocalHub(tmp_path / "hub", device_id=IOT_DEVICE).start()
+    foreign = make_test_ca(tmp_path / "other-ca")
+    hub = LocalHub(tmp_path / "hub", device_id=IOT_DEVICE, client_ca=certs["ca"]).start()
     try:
+        assert hub.broker is not None
+        for cert, key in ((None, None), (foreign["client_cert"], foreign["client_key"])):
+            with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+                _tls_handshake(hub.broker.tls_port, hub.ca_path, cert, key)
+        _tls_handshake(hub.broker.tls_port, hub.ca_path, certs["client_cert"], certs["client_key"])
         host, port = hub.proxy_address
         agent_config["iot"] = {
             "x509": {

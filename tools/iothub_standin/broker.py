@@ -1,9 +1,11 @@
 """mosquitto as the stand-in's MQTT broker: a TLS listener for devices, a loopback one for the hub side.
 
-Persistence is on so that the device's subscriptions (it connects with clean_session=False and the SDK
-never re-subscribes) survive a broker restart. Credentials are never checked unless `reject_devices` is
-set: mosquitto cannot verify SAS tokens, so the only useful mode besides "accept" is "refuse everybody
-but the hub service", which makes the SDK raise CredentialError (CONNACK 5).
+With `client_ca`, the device listener requires a client certificate from that CA, as IoT Hub does
+for a device registered with an X.509 CA. Persistence is on so that the device's subscriptions (it
+connects with clean_session=False and the SDK never re-subscribes) survive a broker restart.
+Credentials are never checked unless `reject_devices` is set: mosquitto cannot verify SAS tokens,
+so the only useful mode besides "accept" is "refuse everybody but the hub service", which makes
+the SDK raise CredentialError (CONNACK 5).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class Mosquitto:
     tls_port: int = 0
     service_port: int = 0
     reject_devices: bool = False
+    # When set, the device listener requires a client certificate signed by this CA (X.509 devices);
+    # without a certificate, or with one from another CA, the TLS handshake fails.
+    client_ca: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -63,6 +68,7 @@ class Mosquitto:
             f"certfile {self.cert_file}",
             f"keyfile {self.key_file}",
             "tls_version tlsv1.2",
+            *([f"cafile {self.client_ca}", "require_certificate true"] if self.client_ca else []),
             f"listener {self.service_port} 127.0.0.1",
             "set_tcp_nodelay true",
             "persistence true",

@@ -45,6 +45,7 @@ class LocalHub:
         proxy_port: int = 0,
         device_key: str | None = None,
         reuse_certs: bool = False,
+        client_ca: Path | None = None,
     ) -> None:
         self._own_dir = state_dir is None
         self.state_dir = (
@@ -55,6 +56,7 @@ class LocalHub:
         # Any well-formed key works: mosquitto cannot check SAS tokens.
         self._device_key = device_key or base64.b64encode(os.urandom(32)).decode()
         self._reuse_certs = reuse_certs
+        self._client_ca = client_ca  # X.509 devices: require client certificates signed by this CA
         self._service_password = secrets.token_urlsafe(24)
         self._proxy_port = proxy_port
         self.ca_path = self.state_dir / "tls" / "ca.pem"
@@ -78,6 +80,7 @@ class LocalHub:
                 files.server_key,
                 service_user="iothub-standin-service",
                 service_password=self._service_password,
+                client_ca=self._client_ca,
             )
             self.broker.start()
             self.proxy = ConnectProxy(self.broker.tls_port, port=self._proxy_port)
