@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -179,3 +180,44 @@ def test_the_nodelay_helper_tolerates_a_client_without_the_sdk_internals() -> No
 
     iothub._enable_nodelay(object())
     iothub._take_method_requests_early(object(), lambda request: None)
+
+
+async def test_every_connect_is_answered_by_exactly_one_link_event(local_hub: LocalHub) -> None:
+    """The core's backoff only runs again after LinkUp or LinkDown, so a connect that ended without
+    either (refused credentials, a stalled network, a timeout) would leave IoT Hub offline for good."""
+    events = Events()
+    iot = IotHubLink(replace(settings(local_hub), call_timeout=2), emit=events)
+
+    def link_events() -> list[Event]:
+        return [e for e in events.seen if isinstance(e, LinkUp | LinkDown)]
+
+    async def connect_once() -> Event:
+        before = len(link_events())
+        await iot.connect()
+        after = link_events()
+        assert len(after) == before + 1, after[before:]
+        return after[-1]
+
+    try:
+        assert isinstance(await connect_once(), LinkUp)
+        local_hub.reject_credentials(True)
+        local_hub.drop()
+        await events.wait(lambda e: isinstance(e, LinkDown))
+        for _ in range(3):
+            down = await connect_once()
+            assert isinstance(down, LinkDown) and "CredentialError" in down.reason
+        local_hub.reject_credentials(False)
+        assert isinstance(await connect_once(), LinkUp)
+
+        local_hub.drop()
+        await events.wait(lambda e: isinstance(e, LinkDown) and e is link_events()[-1])
+        local_hub.hang()
+        down = await connect_once()  # stalls until call_timeout
+        assert isinstance(down, LinkDown)
+        local_hub.restore()
+        assert isinstance(await connect_once(), LinkUp)
+        assert not iot._connecting
+    finally:
+        local_hub.restore()
+        local_hub.reject_credentials(False)
+        await iot.close()
