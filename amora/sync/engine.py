@@ -1,7 +1,8 @@
 """One sync run, executed on plain threads (the asyncio face is in `api.py`).
 
-Order of a run: list the container; plan (name checks, collisions, compare with the manifest, look
-at what is on disk with one scandir per folder, no per-file stat); check free space; remove what
+Order of a run: list the container and plan as the listing arrives (name checks, collisions,
+compare with the manifest, look at what is on disk with one scandir per folder, no per-file stat;
+one page is planned while the next is fetched); check free space; remove what
 the container no longer has (only files the sync owns and nobody modified); download the rest with
 N workers, each on its own keep-alive connection. Every download goes to a hidden temp name in the
 destination folder (MPD ignores dot files) and is checked against size and Content-MD5. Finished
@@ -24,7 +25,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,12 +274,13 @@ class Engine:
             last_success=manifest.last_success if manifest is not None else None,
         )
 
-    def _list(self, ep: Endpoint) -> list[RemoteBlob]:
+    def _list(self, ep: Endpoint) -> Iterator[RemoteBlob]:
+        """The listing as it arrives: the plan works on one page while the next is fetched."""
         conn = Connection(ep, self._tuning(), self.stop)
         with self._lock:
             self._conns.add(conn)
         try:
-            return list(list_blobs(conn, normalise_prefix(self.source.prefix)))
+            yield from list_blobs(conn, normalise_prefix(self.source.prefix))
         finally:
             conn.close()
             with self._lock:
@@ -294,13 +296,16 @@ class Engine:
 
     # --- planning -------------------------------------------------------------------------------
 
-    def _plan(self, listing: list[RemoteBlob], manifest: Manifest) -> tuple[list[Task], list[str]]:
+    def _plan(self, listing: Iterable[RemoteBlob], manifest: Manifest) -> tuple[list[Task], list[str]]:
         prefix = normalise_prefix(self.source.prefix)
         music = str(self.targets.music_dir)
         playlists = str(self.targets.playlists_dir)
         file_keys: dict[str, str] = {}
         dir_keys: dict[str, str] = {}
-        desired: dict[str, RemoteBlob] = {}
+        desired: set[str] = set()
+        on_disk: dict[str, dict[str, int]] = {}  # folder -> names in it, scanned on first use
+        wanted_temps: dict[str, Task] = {}
+        downloads: list[Task] = []
         ancestors: dict[tuple[str, str], list[str]] = {}
         for blob in listing:
             rel = blob.name[len(prefix) :]
@@ -338,16 +343,12 @@ class Engine:
             file_keys[key] = blob.name
             for k in anc_keys:
                 dir_keys.setdefault(k, blob.name)
-            desired[dest] = blob
-
-        on_disk = self._scan(
-            {d.rpartition("/")[0] for d in desired} | {p.rpartition("/")[0] for p in manifest.files}
-        )
-        wanted_temps: dict[str, Task] = {}
-        downloads: list[Task] = []
-        for dest, blob in desired.items():
-            folder, _, filename = dest.rpartition("/")
-            present = on_disk.get(folder, {})
+            desired.add(dest)
+            # Decided at once (collisions keep the first blob, so nothing later changes this).
+            dest_dir, _, filename = dest.rpartition("/")
+            present = on_disk.get(dest_dir)
+            if present is None:
+                present = on_disk[dest_dir] = self._scan_folder(dest_dir)
             exists = filename in present
             entry = manifest.files.get(dest)
             if entry is not None and exists and entry.etag == blob.etag and entry.size == blob.size:
@@ -360,8 +361,12 @@ class Engine:
             else:
                 task = Task("adopt" if exists else "new", blob, dest, None)
             downloads.append(task)
-            wanted_temps[f"{folder}/{temp_name(blob)}"] = task
+            wanted_temps[f"{dest_dir}/{temp_name(blob)}"] = task
 
+        for path in manifest.files:  # folders only the manifest knows: stale temp files there too
+            folder = path.rpartition("/")[0]
+            if folder not in on_disk:
+                on_disk[folder] = self._scan_folder(folder)
         for folder, entries in on_disk.items():
             for filename, size in entries.items():
                 if not names.is_temp_name(filename):
@@ -375,25 +380,23 @@ class Engine:
         removals = [p for p in manifest.files if p not in desired]
         return _across_folders(downloads), removals
 
-    def _scan(self, folders: set[str]) -> dict[str, dict[str, int]]:
-        """Names in each folder (no stat, except -1 sizes resolved for our temp files)."""
-        out: dict[str, dict[str, int]] = {}
-        for folder in folders:
-            found: dict[str, int] = {}
-            try:
-                with os.scandir(folder) as it:
-                    for e in it:
-                        if names.is_temp_name(e.name):
-                            try:
-                                found[e.name] = e.stat(follow_symlinks=False).st_size
-                            except OSError:
-                                continue
-                        else:
-                            found[e.name] = -1
-            except (FileNotFoundError, NotADirectoryError):
-                pass
-            out[folder] = found
-        return out
+    @staticmethod
+    def _scan_folder(folder: str) -> dict[str, int]:
+        """Names in a folder (no stat, except sizes of our temp files; others are -1)."""
+        found: dict[str, int] = {}
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    if names.is_temp_name(e.name):
+                        try:
+                            found[e.name] = e.stat(follow_symlinks=False).st_size
+                        except OSError:
+                            continue
+                    else:
+                        found[e.name] = -1
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return found
 
     def _check_space(self, downloads: list[Task], freed: int) -> None:
         need = sum(t.blob.size - t.partial for t in downloads if t.kind != "verify")
