@@ -25,13 +25,22 @@ def visible_partials(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and ".part" in p.name and not p.name.startswith(".")]
 
 
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".amora-*") if p.is_file()]
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_sigterm_during_a_sync(
     agent_config: dict[str, Any],
     blob_container: BlobContainer,
     controller: Controller,
     mpd_server: MpdServer,
     tmp_path: Path,
+    how: str,
 ) -> None:
+    """SIGTERM commits what was downloaded and stops; SIGKILL (the nearest a test gets to a power
+    cut) may leave hidden temp files of the group not yet committed, never a visible partial
+    file, and the next run takes over the rest."""
     blobs = {f"Big/{i:03d}.flac": bytes([i % 251]) * 64_000 for i in range(300)}
     blob_container.seed(blobs)
     agent_config["content"]["sync"] = {
@@ -49,13 +58,18 @@ def test_sigterm_during_a_sync(
             what="sync under way",
         )
         started = time.monotonic()
-        assert agent.terminate(timeout=15) == 0
-        assert time.monotonic() - started < STOP_TIMEOUT + 1
+        if how == "sigterm":
+            assert agent.terminate(timeout=15) == 0
+            assert time.monotonic() - started < STOP_TIMEOUT + 1
+        else:
+            agent.kill9()
         controller.wait(lambda: controller.connection[-1] == "offline", what="offline")
     finally:
         agent.stop()
     music = mpd_server.music_dir
     assert visible_partials(music) == []
+    if how == "sigterm":  # downloaded files committed, the one in hand (< 1 MiB) dropped
+        assert temp_files(music) == []
     done_before = {p.name for p in (music / "Big").iterdir() if not p.name.startswith(".")}
     assert 0 < len(done_before) < 300
     for name in done_before:  # what completed is whole
@@ -80,6 +94,7 @@ def test_sigterm_during_a_sync(
     finally:
         again.stop()
     assert len([p for p in (music / "Big").iterdir() if not p.name.startswith(".")]) == 300
+    assert temp_files(music) == []
 
 
 def test_sigterm_with_a_pending_reported_change(
