@@ -186,9 +186,19 @@ async def run_agent(config: Config, *, record: Path | None = None) -> int:
 
     runtime.on_alive = alive
 
+    last_status = ""
+
     def on_effects(_: Any) -> None:
+        # Outside systemd there is nobody to tell; under it, one datagram per change of the line,
+        # not one per event (this runs on the path of every state publication).
+        nonlocal last_status
+        if not notifier.enabled:
+            return
         links = {region: state for region, state in core.configuration().items() if region != "player"}
-        notifier.status(systemd.format_link_status(links, state=core.player_state()))
+        text = systemd.format_link_status(links, state=core.player_state())
+        if text != last_status:
+            last_status = text
+            notifier.status(text)
 
     runtime.on_effects = on_effects
 
