@@ -376,6 +376,11 @@ class Engine:
                 if resumable is not None and 0 < size < resumable.blob.size:
                     resumable.partial = size
                     continue
+                if resumable is not None and size == resumable.blob.size and resumable.blob.md5:
+                    # Complete but never committed (the run was killed): checked against the
+                    # blob's MD5 before use, so it is not downloaded again.
+                    resumable.partial = size
+                    continue
                 _unlink_quiet(path)  # ours by name: a stale temp file of an older run
         removals = [p for p in manifest.files if p not in desired]
         return _across_folders(downloads), removals
@@ -699,6 +704,16 @@ class Engine:
         (resuming); a stop leaves no file behind unless it is big enough to be worth resuming."""
         path_query = blob_path(conn.ep, blob.name)
         offset = partial
+        if offset and offset == blob.size and blob.md5 is not None:
+            try:
+                digest: str | None = md5_file(tmp)
+            except OSError:
+                digest = None
+            if digest is not None and digest == blob.md5:
+                self._add(nbytes=offset)
+                return digest
+            offset = 0  # torn or stale content: download it whole
+            _unlink_quiet(tmp)
         if offset:
             self._add(nbytes=offset)
         attempts = 0

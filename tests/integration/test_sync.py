@@ -352,6 +352,39 @@ async def test_resumes_partial_download(blob_container: BlobContainer, targets: 
     assert temp_files(targets.music_dir) == []
 
 
+async def test_a_complete_uncommitted_download_is_not_fetched_again(
+    blob_container: BlobContainer, targets: SyncTargets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed between download and commit leaves whole temp files; the next run checks them
+    against Content-MD5 and commits them instead of downloading them again. A torn one (right
+    size, wrong bytes: a power cut) is downloaded again."""
+    from amora.sync import remote
+
+    whole, torn = content(7, 50_000), content(8, 50_000)
+    blob_container.seed({"a/whole.flac": whole, "a/torn.flac": torn})
+    listed = {b.name: b for b in _listing(blob_container)}
+    assert all(b.md5 for b in listed.values())  # Azurite stores Content-MD5 for a single PUT
+    folder = targets.music_dir / "a"
+    folder.mkdir(parents=True)
+    (folder / temp_name(listed["a/whole.flac"])).write_bytes(whole)
+    (folder / temp_name(listed["a/torn.flac"])).write_bytes(bytes(len(torn)))
+
+    fetched: list[str] = []
+    real_get = remote.Connection.get
+
+    def get(self: remote.Connection, path_query: str, headers: dict[str, str], what: str) -> object:
+        fetched.append(what)
+        return real_get(self, path_query, headers, what)
+
+    monkeypatch.setattr(remote.Connection, "get", get)
+    out = await sync(blob_container, targets)
+    assert out.ok and out.downloaded == 2, out
+    assert sorted(w for w in fetched if w != "list") == ["a/torn.flac"]
+    assert visible_files(targets.music_dir) == {"a/whole.flac": whole, "a/torn.flac": torn}
+    assert temp_files(targets.music_dir) == []
+    assert_consistent(targets)
+
+
 def _listing(container: BlobContainer) -> list[RemoteBlob]:
     import threading
 
