@@ -2,8 +2,9 @@
 
 Why not the SDK's clients for the data path: its per-request pipeline costs ~6 ms CPU per blob and
 its listing parser ~0.4 ms per entry, which made a plain SDK sync 2-4x slower than rclone. Here
-each worker thread keeps one keep-alive connection and does one GET per blob; listings are parsed
-with the C ElementTree's pull parser, one blob at a time. The SDK is still used where it is the
+each worker thread keeps one keep-alive connection (amora.sync.http11, not http.client: see there)
+and does one GET per blob; listings are parsed with the C ElementTree's pull parser, one blob at a
+time. The SDK is still used where it is the
 reference: turning a connection string with an account key into a short-lived read/list container
 SAS (imported only then).
 
@@ -12,7 +13,6 @@ Error texts never contain the SAS query or the account key: only scheme, host an
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import html
 import http.client
@@ -24,6 +24,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
+
+from amora.sync import http11
 
 API_VERSION = "2021-12-02"
 LIST_PAGE = 5000
@@ -122,71 +124,62 @@ class Connection:
         self.ep = ep
         self.tuning = tuning
         self.stop = stop
-        self._conn: http.client.HTTPConnection | None = None
-        self._ssl: Any = None
+        tls: Any = None
         if ep.scheme == "https":
             import ssl  # only for https: it costs start-up time and memory
 
-            self._ssl = ssl.create_default_context()
-
-    def _connect(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection
-        if self._ssl is not None:
-            conn = http.client.HTTPSConnection(
-                self.ep.host, self.ep.port, timeout=self.tuning.connect_timeout, context=self._ssl
-            )
-        else:
-            conn = http.client.HTTPConnection(self.ep.host, self.ep.port, timeout=self.tuning.connect_timeout)
-        conn.connect()
-        assert conn.sock is not None
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sock.settimeout(self.tuning.read_timeout)
-        return conn
+            tls = ssl.create_default_context()
+        self._http = http11.Connection(
+            ep.host, ep.port, timeout=tuning.connect_timeout, read_timeout=tuning.read_timeout, tls=tls
+        )
 
     def abort(self) -> None:
-        conn = self._conn
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._http.abort()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._http.close()
 
-    def get(self, path_query: str, headers: dict[str, str], what: str) -> http.client.HTTPResponse:
+    def get(self, path_query: str, headers: dict[str, str], what: str) -> http11.Response:
         """GET with bounded retries on connection faults and 5xx; the caller reads (and must fully
         read or close) the response. Raises RemoteError once retries are spent."""
         headers = {"x-ms-version": API_VERSION, **headers}
         last = ""
-        for attempt in range(self.tuning.retries + 1):
+        stale_retry = True
+        attempt = 0
+        while attempt <= self.tuning.retries:
             if self.stop.is_set():
                 raise Stopped()
             if attempt:
                 delay = self.tuning.backoff * (2 ** (attempt - 1))
                 if self.stop.wait(delay * (0.9 + 0.2 * random.random())):
                     raise Stopped()
+            reused = self._http.sock is not None
             try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                self._conn.request("GET", path_query, headers=headers)
-                resp = self._conn.getresponse()
+                resp = self._http.get(path_query, headers)
+                if resp.status in _TRANSIENT_STATUS:
+                    resp.read()
+                    last = f"HTTP {resp.status} {resp.reason}"
+                    attempt += 1
+                    continue
+                return resp
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 if self.stop.is_set():
                     raise Stopped() from None
+                if reused and stale_retry and isinstance(exc, _STALE):
+                    # A kept-alive connection the server had already closed: not a fault, so
+                    # reconnect at once, without a backoff or an attempt spent (once per request).
+                    stale_retry = False
+                    continue
                 last = _describe_exc(exc)
-                continue
-            if resp.status in _TRANSIENT_STATUS:
-                resp.read()
-                last = f"HTTP {resp.status} {resp.reason}"
-                continue
-            return resp
+                attempt += 1
         raise RemoteError(
             f"storage service unreachable at {self.ep.describe()} ({what}): {last}; "
             f"gave up after {self.tuning.retries + 1} attempts"
         )
+
+
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def _describe_exc(exc: BaseException) -> str:
@@ -203,7 +196,7 @@ def _describe_exc(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def raise_for_status(resp: http.client.HTTPResponse, ep: Endpoint, what: str) -> None:
+def raise_for_status(resp: http11.Response, ep: Endpoint, what: str) -> None:
     """Map a non-2xx final response to RemoteError (run-fatal) or BlobSkipped (this blob only)."""
     if resp.status < 300:
         return
