@@ -64,6 +64,14 @@ class Response:
         if self._done:
             return b""
         if amt is None:
+            if not self._chunked and self._left is not None:
+                # one buffer for the whole body (a listing page is megabytes: no parts to join)
+                data = self._conn.read_exactly(self._left)
+                if len(data) < self._left:
+                    raise http.client.IncompleteRead(data, self._left - len(data))
+                self._left = 0
+                self._finish()
+                return data
             parts = []
             while chunk := self.read(1 << 20):
                 parts.append(chunk)
@@ -211,6 +219,13 @@ class Connection:
         if len(line) > _MAX_LINE:
             raise http.client.LineTooLong("header line")
         return line
+
+    def read_exactly(self, amt: int) -> bytes:
+        """`amt` bytes, or fewer if the stream ends first."""
+        if self._reader is None:
+            raise http.client.RemoteDisconnected("connection closed")
+        data: bytes = self._reader.read(amt)
+        return data
 
     def recv_some(self, amt: int) -> bytes:
         """Up to `amt` bytes, as soon as any are available (b"" at the end of the stream)."""
