@@ -9,8 +9,17 @@ from collections.abc import Callable
 
 def fsync_dir(path: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
     """fsync a directory, so that renames and creations in it are on disk."""
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY, missing_ok)
+
+
+def fsync_file(path: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
+    """fsync a file by name (its writer has closed it)."""
+    _fsync(path, os.O_RDONLY, missing_ok)
+
+
+def _fsync(path: str | os.PathLike[str], flags: int, missing_ok: bool) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         if missing_ok:
             return

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from amora.fsync import fsync_dir, syncfs
+from amora.fsync import fsync_dir, fsync_file, syncfs
 from amora.sync import names
 from amora.sync.manifest import Entry, Manifest, ManifestError
 from amora.sync.model import Phase, SyncOutcome, SyncProgress, SyncSource, SyncTargets, SyncTuning
@@ -587,7 +587,7 @@ class Engine:
             if all(syncfs(folder) for folder in by_dev.values()):
                 return
         for item in batch:
-            _fsync_path(item.tmp, strict=True)
+            fsync_file(item.tmp)
 
     def _place(self, manifest: Manifest, item: Fetched) -> None:
         task, tmp, md5 = item.task, item.tmp, item.md5
@@ -769,7 +769,7 @@ class Engine:
                     if offset < RESUME_MIN or not network:
                         _unlink_quiet(tmp)
                     else:
-                        _fsync_path(tmp)  # a kept partial must survive a power cut intact
+                        fsync_file(tmp, missing_ok=True)  # a kept partial must survive a power cut
                     if isinstance(exc, Stopped) or self.stop.is_set():
                         raise Stopped() from None
                     if network:
@@ -800,16 +800,3 @@ def _across_folders(tasks: list[Task]) -> list[Task]:
 def _unlink_quiet(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _fsync_path(path: str, *, strict: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        if strict:
-            raise
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

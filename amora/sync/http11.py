@@ -32,19 +32,16 @@ class Response:
         self._left: int | None = None  # body bytes still to read (Content-Length bodies)
         self._chunk_left = 0  # of the current chunk (chunked bodies)
         self._done = False
-        if self._chunked:
-            pass
-        elif length is not None:
+        if not self._chunked and length is not None:
             try:
                 self._left = int(length)
             except ValueError:
                 raise http.client.HTTPException("bad Content-Length") from None
             if self._left < 0:
                 raise http.client.HTTPException("bad Content-Length")
-        elif status in (204, 304) or 100 <= status < 200:
+        elif not self._chunked and (status in (204, 304) or 100 <= status < 200):
             self._left = 0
-        else:
-            self._left = None  # until the server closes the connection
+        # else: chunked, or (no length) until the server closes the connection
         self._will_close = headers.get("connection", "").lower() == "close" or (
             self._left is None and not self._chunked
         )

@@ -110,13 +110,13 @@ def test_per_file_fsync_where_syncfs_cannot_be_trusted(
 ) -> None:
     monkeypatch.setattr(engine, "_SYNCFS_REPORTS_ERRORS", False)
     synced: list[str] = []
-    real = engine._fsync_path
+    real = engine.fsync_file
 
-    def record(path: str, *, strict: bool = False) -> None:
+    def record(path: str, *, missing_ok: bool = False) -> None:
         synced.append(path)
-        real(path, strict=strict)
+        real(path, missing_ok=missing_ok)
 
-    monkeypatch.setattr(engine, "_fsync_path", record)
+    monkeypatch.setattr(engine, "fsync_file", record)
     c = Committing(targets)
     items = [fetched(targets, f"t{i}.mp3", b"z" * 10) for i in range(2)]
     for it in items:
